@@ -1,0 +1,79 @@
+"""The ``vollseg-dask`` command-line interface.
+
+One module per subcommand (as in ultrack). The group resolves a subcommand's
+module only when that subcommand is invoked, so ``vollseg-dask --help`` imports
+neither Dask nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+# name -> (module under vollseg_dask.cli, one-line help). Help is duplicated here
+# so that listing commands does not import their modules.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "create-config": ("create_config", "Write a configuration file holding every default."),
+    "synthetic": ("synthetic", "Write a synthetic membrane time-lapse with ground truth to OME-Zarr."),
+    "convert": ("convert", "Convert TIFF / HDF5 / .npy into an OME-Zarr image, chunk by chunk."),
+    "info": ("info", "Describe an OME-Zarr store: axes, shape, chunks, scale, levels, labels."),
+    "segment": ("segment", "Segment a store block by block (VollSeg) into a labels group."),
+    "evaluate": ("evaluate", "Compare predicted labels with ground truth (IoU matching, F1, AP...)."),
+    "measure": ("measure", "Per-cell attribute table (Parquet) from a labels group."),
+    "track": ("track", "Track cells with TrackMate's LAP tracker, out of core."),
+    "export": ("export", "Export tracks as TrackMate XML, CTC or napari data."),
+    "train": ("train", "Train StarDist3D, U-Net and Noise2Void from a config."),
+    "optimize-thresholds": ("optimize_thresholds", "Choose StarDist probability/NMS thresholds."),
+    "analyze": ("analyze", "Track analysis: distance to boundary, oscillations, divisions."),
+    "run": ("run", "Run the whole pipeline from a config, resumably."),
+    "demo": ("demo", "Run the pipeline end to end on synthetic data with a local cluster."),
+}
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(f"vollseg_dask.cli.{module}") is not None
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when it is run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, (mod, _) in COMMANDS.items() if _available(mod)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS or not _available(COMMANDS[cmd_name][0]):
+            return None
+        module = importlib.import_module(f"vollseg_dask.cli.{COMMANDS[cmd_name][0]}")
+        return module.command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Use the help strings above instead of importing every subcommand module.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vollseg-dask")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """vollseg-dask: chunked VollSeg segmentation and LAP tracking of 3D+t microscopy."""
+    import logging
+
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run() -> None:  # pragma: no cover - console-script entry point
+    """Entry point that turns library errors into one clear line and exit code 2."""
+    from vollseg_dask.errors import VollSegError
+
+    try:
+        main(standalone_mode=True)
+    except VollSegError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
