@@ -21,7 +21,8 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -825,6 +826,32 @@ def _commit(tmp: Path, root: Path) -> None:
         _remove(old)
 
 
+@contextmanager
+def _joined_local_threads() -> Iterator[None]:
+    """Run local threaded computations on a private pool that is joined on exit.
+
+    When a task fails, Dask's threaded scheduler raises at once while sibling tasks may still be
+    writing; joining the pool before cleaning up guarantees that nothing recreates the temporary
+    store after it is deleted. Other schedulers (a distributed Client, "synchronous") are used
+    unchanged.
+    """
+    import dask
+    import dask.threaded
+    from concurrent.futures import ThreadPoolExecutor
+    from dask.base import get_scheduler
+    from dask.system import CPU_COUNT
+
+    if get_scheduler() not in (None, dask.threaded.get):
+        yield
+        return
+    pool = ThreadPoolExecutor(max_workers=dask.config.get("num_workers", None) or CPU_COUNT)
+    try:
+        with dask.config.set(pool=pool):
+            yield
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def write_image(store: str | os.PathLike[str], data: np.ndarray | dask.array.Array, *, axes: str,
                 scale: Sequence[float] | None, chunks: Sequence[int] | int | None = None,
                 pyramid_method: str = "mean", **create_kwargs: Any) -> OmeImage:
@@ -871,12 +898,13 @@ def write_image(store: str | os.PathLike[str], data: np.ndarray | dask.array.Arr
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling_temp(root, "partial")
     try:
-        target = create_image(tmp, shape=data.shape, dtype=data.dtype, axes=axes, scale=scale, chunks=chunks,
-                              **{**create_kwargs, "overwrite": False})
-        unit = tuple(target.shards or target.chunks)
-        src = data if isinstance(data, da.Array) else da.from_array(data, chunks=unit)
-        _store_lock_free(src, target)
-        build_pyramid(tmp, "", method=pyramid_method)
+        with _joined_local_threads():
+            target = create_image(tmp, shape=data.shape, dtype=data.dtype, axes=axes, scale=scale, chunks=chunks,
+                                  **{**create_kwargs, "overwrite": False})
+            unit = tuple(target.shards or target.chunks)
+            src = data if isinstance(data, da.Array) else da.from_array(data, chunks=unit)
+            _store_lock_free(src, target)
+            build_pyramid(tmp, "", method=pyramid_method)
         _commit(tmp, root)
     except BaseException:
         _remove(tmp)
