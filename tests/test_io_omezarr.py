@@ -85,7 +85,7 @@ def test_round_trip_axes_subsets(tmp_path: Path, rng, axes, shape, chunks, scale
     assert node.data[0].dtype == np.uint16 and node.data[0].chunksize == chunks
     np.testing.assert_array_equal(np.asarray(node.data[0]), data)
     assert _node_scales(node)[0] == pytest.approx(scale)
-    assert _node_scales(node)[1] == pytest.approx([s * (2 if a in "yx" else 1) for a, s in zip(axes, scale)])
+    assert _node_scales(node)[1] == pytest.approx([s * (2 if a in "yx" else 1) for a, s in zip(axes, scale, strict=True)])
 
 
 def test_dask_input_is_written_block_by_block(tmp_path: Path, rng) -> None:
@@ -112,7 +112,7 @@ def test_sharding(tmp_path: Path, rng) -> None:
     assert meta["dimension_names"] == ["t", "z", "y", "x"]
     lv2 = open_image(tmp_path / "s.zarr", 2)
     assert lv2.shape == (2, 6, 10, 9)
-    assert all(s % c == 0 for s, c in zip(lv2.shards, lv2.chunks))  # shards stay whole chunks when clipped
+    assert all(s % c == 0 for s, c in zip(lv2.shards, lv2.chunks, strict=True))  # shards stay whole chunks when clipped
     node = _ome_zarr_nodes(tmp_path / "s.zarr")[0]
     np.testing.assert_array_equal(np.asarray(node.data[0]), data)
 

@@ -34,7 +34,18 @@ _EXPORTS: dict[str, str] = {
     "convert": "vollseg_dask.io.ingest",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "OmeImage",
+    "build_pyramid",
+    "convert",
+    "create_image",
+    "create_labels",
+    "list_labels",
+    "open_image",
+    "open_labels",
+    "write_image",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

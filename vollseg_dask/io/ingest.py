@@ -136,11 +136,11 @@ class _NpyReader:
 
 
 class _CachedHandleReader:
-    """Base of readers holding an open file handle per process (dropped when pickled)."""
+    """Base of readers holding an open file per process (dropped when pickled, closed by ``close``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._handle: Any = None
+        self._handle: tuple[Any, Any] | None = None  # (file object to close, array-like to slice)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -152,14 +152,23 @@ class _CachedHandleReader:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _open(self) -> Any:  # pragma: no cover - overridden
+    def _open(self) -> tuple[Any, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def handle(self) -> Any:
+    def array(self) -> Any:
         with self._lock:
             if self._handle is None:
                 self._handle = self._open()
-            return self._handle
+            return self._handle[1]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._handle[0].close()
+                self._handle = None
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.array()[key])
 
 
 class _H5Reader(_CachedHandleReader):
@@ -168,13 +177,11 @@ class _H5Reader(_CachedHandleReader):
         self.path, self.dataset = path, dataset
         self.shape, self.dtype, self.ndim = shape, dtype, len(shape)
 
-    def _open(self) -> Any:
+    def _open(self) -> tuple[Any, Any]:
         import h5py
 
-        return h5py.File(self.path, "r")[self.dataset]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.handle()[key])
+        f = h5py.File(self.path, "r")
+        return f, f[self.dataset]
 
 
 class _TiffReader(_CachedHandleReader):
@@ -183,16 +190,13 @@ class _TiffReader(_CachedHandleReader):
         self.path, self.series = path, series
         self.shape, self.dtype, self.ndim = shape, dtype, len(shape)
 
-    def _open(self) -> Any:
+    def _open(self) -> tuple[Any, Any]:
         import tifffile
         import zarr
 
         tif = tifffile.TiffFile(self.path)
         # tifffile's zarr store decodes only the pages/tiles a slab touches.
         return tif, zarr.open(tif.series[self.series].aszarr(level=0), mode="r")
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.handle()[1][key])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -622,9 +626,13 @@ def convert(input: str | os.PathLike[str] | np.ndarray | dask.array.Array, out: 
     data = source.transpose(order)
     LOG.info("converting %s %s as %s -> %s, axes %s, scale %s", info.description, info.shape, src_axes, out,
              out_axes, scale)
-    return write_image(out, data, axes=out_axes, scale=scale, chunks=out_chunks, shards=out_shards, units=units,
-                       n_levels=n_levels, overwrite=overwrite, ngff_version=ngff_version,
-                       pyramid_method=pyramid_method)
+    try:
+        return write_image(out, data, axes=out_axes, scale=scale, chunks=out_chunks, shards=out_shards,
+                           units=units, n_levels=n_levels, overwrite=overwrite, ngff_version=ngff_version,
+                           pyramid_method=pyramid_method)
+    finally:
+        if isinstance(info.reader, _CachedHandleReader):
+            info.reader.close()
 
 
 def _validate_frame_interval(value: float) -> float:

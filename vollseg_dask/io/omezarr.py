@@ -835,9 +835,10 @@ def _joined_local_threads() -> Iterator[None]:
     store after it is deleted. Other schedulers (a distributed Client, "synchronous") are used
     unchanged.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import dask
     import dask.threaded
-    from concurrent.futures import ThreadPoolExecutor
     from dask.base import get_scheduler
     from dask.system import CPU_COUNT
 
