@@ -383,3 +383,28 @@ def test_io_import_is_light() -> None:
     lazy = subprocess.run([sys.executable, "-c", "import sys, vollseg_dask.io; print('zarr' in sys.modules, "
                            "'dask' in sys.modules)"], capture_output=True, text=True, check=True).stdout
     assert lazy.strip() == "False False"
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_metadata_validates_against_ngff_models(tmp_path: Path, version: str) -> None:
+    """A second independent check: the pydantic NGFF models of ome-zarr-models accept image and labels."""
+    pytest.importorskip("ome_zarr_models")
+    module = version.replace(".", "")
+    image_mod = __import__(f"ome_zarr_models.v{module}.image", fromlist=["Image"])
+    label_mod = __import__(f"ome_zarr_models.v{module}.image_label", fromlist=["ImageLabel"])
+    store = tmp_path / "m.zarr"
+    write_image(store, np.zeros((2, 3, 16, 16), np.uint16), axes="tzyx", scale=(5.0, 1.0, 0.5, 0.5),
+                chunks=(1, 3, 8, 8), n_levels=2, ngff_version=version)
+    create_labels(store, "cells")
+    image = image_mod.Image.from_zarr(zarr.open_group(str(store), mode="r"))
+    meta = image.attributes.ome if version == "0.5" else image.attributes
+    assert [d.path for d in meta.multiscales[0].datasets] == ["0", "1"]
+    label_mod.ImageLabel.from_zarr(zarr.open_group(str(store / "labels" / "cells"), mode="r"))
+    # A malformed store is rejected by the same models, so the check above has teeth.
+    attrs = zarr.open_group(str(store), mode="r+")
+    broken = json.loads(json.dumps(attrs.attrs.asdict()))
+    ms = broken["ome"]["multiscales"][0] if version == "0.5" else broken["multiscales"][0]
+    ms["axes"][0]["type"] = "space"  # t declared as space: four space axes are invalid
+    attrs.attrs.update(broken)
+    with pytest.raises(Exception, match="(?i)space|axes|validation"):
+        image_mod.Image.from_zarr(zarr.open_group(str(store), mode="r"))
