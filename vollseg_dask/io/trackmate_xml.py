@@ -266,8 +266,18 @@ class TrackMateData:
             time_units=self.time_units,
             frame_interval=self.frame_interval,
             ndim=self.ndim,
-            tracker_config={"trackmate": self.settings.get("tracker_settings", {})},
+            tracker_config=_tracker_config_of(self.settings.get("tracker_settings", {})),
         )
+
+
+def _tracker_config_of(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """TrackMate tracker settings as the tracker's snake_case config keys (``TRACKER_NAME`` dropped)."""
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        if k == "TRACKER_NAME":
+            continue
+        out[k.lower()] = dict(v) if isinstance(v, Mapping) else v
+    return out
 
 
 class _Columns:
@@ -810,14 +820,12 @@ def tracker_settings_from_config(config: Mapping[str, Any] | None) -> dict[str, 
 
     Nested dictionaries are searched; a key matches when its upper-case form is a TrackMate LAP
     key (``linking_max_distance`` → ``LINKING_MAX_DISTANCE``, ``max_frame_gap``,
-    ``allow_track_splitting``, ``linking_feature_penalties`` ...). A ``trackmate`` sub-dict (as
-    produced by :meth:`TrackMateData.to_track_data`) is taken verbatim. Feature-penalty keys are
-    mapped with :func:`spot_feature_key`.
+    ``allow_track_splitting``, ``linking_feature_penalties`` ...). Feature-penalty keys are
+    mapped with :func:`spot_feature_key`. This reads the keys of
+    :class:`vollseg_dask.tracking.config.TrackerConfig` and of :meth:`TrackMateData.to_track_data`.
     """
     if not config:
         return {}
-    if isinstance(config.get("trackmate"), Mapping):
-        return dict(config["trackmate"])
     flat: dict[str, Any] = {}
     _flatten(config, flat)
     out = {k: v for k, v in flat.items() if k in _TRACKER_KEYS}
