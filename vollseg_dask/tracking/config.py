@@ -151,6 +151,10 @@ class TrackerConfig(StrictModel):
     frame_interval: float = Field(
         1.0, gt=0, description="Time between frames (time unit of the speeds and durations in tracks.parquet)."
     )
+    spatial_units: str = Field("µm", min_length=1, description="Unit of x, y, z (written into the track store).")
+    time_units: str = Field(
+        "frame", min_length=1, description="Unit of frame_interval (written into the track store)."
+    )
     window_frames: int = Field(
         16,
         ge=1,

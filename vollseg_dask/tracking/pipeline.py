@@ -135,7 +135,8 @@ def lap_track(spots: pd.DataFrame, config: TrackerConfig | None = None) -> pd.Da
     -------
     DataFrame
         Edges ``source_spot_id``, ``target_spot_id`` (int64), ``cost`` (float64), ``kind`` in
-        {"link", "gap", "split", "merge"}, sorted by source frame, source id, target id.
+        {"link", "gap", "split", "merge"}, sorted by source frame, source id, target id. A gap
+        closing between consecutive frames is reported as ``"link"`` (a ``"gap"`` skips a frame).
     """
     config = config or TrackerConfig()
     if "spot_id" not in spots.columns or "t" not in spots.columns:
@@ -191,6 +192,10 @@ def lap_track(spots: pd.DataFrame, config: TrackerConfig | None = None) -> pd.Da
             alternative_cost_factor=config.alternative_linking_cost_factor,
             per_component=False,
         )
+        chosen = chosen.copy()
+        # A gap closing over one frame is reported as a link (io.tracks.classify_edges convention).
+        one_frame = (chosen["kind"] == "gap") & (chosen["target_t"] - chosen["source_t"] == 1)
+        chosen.loc[one_frame, "kind"] = "link"
         edges.append(
             chosen.rename(columns={"source_t": "_t"}).loc[:, ["source_spot_id", "target_spot_id", "cost", "kind", "_t"]]
         )

@@ -266,33 +266,44 @@ def link_segments(
     Returns
     -------
     DataFrame
-        The chosen candidates (same columns), sorted by ``(source_t, source_spot_id, target_spot_id)``.
+        The chosen candidates (all input columns kept), sorted by
+        ``(source_t, source_spot_id, target_spot_id)``. ``attrs["report"]`` holds the number of
+        candidates and components, the largest component (LAP rows + columns), how many components
+        went to the windowed fallback, and the alternative and auxiliary costs used.
     """
     missing = [c for c in CANDIDATE_COLUMNS if c not in candidates.columns]
     if missing:
         raise TrackingError(f"segment candidate table lacks columns {missing}")
     if len(candidates) == 0:
-        return empty_candidates()
-    cands = candidates.loc[:, list(CANDIDATE_COLUMNS)].sort_values(
-        ["source_t", "source_spot_id", "target_spot_id"], kind="stable"
-    )
+        out = candidates.copy()
+        out.attrs["report"] = {"n_candidates": 0, "n_components": 0, "largest_component": 0, "n_windowed": 0}
+        return out
+    cands = candidates.sort_values(["source_t", "source_spot_id", "target_spot_id"], kind="stable")
     cands = cands.reset_index(drop=True)
     src = cands["source_spot_id"].to_numpy(np.int64)
     tgt = cands["target_spot_id"].to_numpy(np.int64)
     cost = cands["cost"].to_numpy(np.float64)
+    for col, tcol in (("source_spot_id", "source_t"), ("target_spot_id", "target_t")):
+        n_t = cands.groupby(col)[tcol].nunique()
+        if (n_t > 1).any():
+            raise TrackingError(f"spot_id {int(n_t[n_t > 1].index[0])} occurs in several frames: spot IDs must be unique")
     if alternative_cost is None:
         alternative_cost = segment_alternative_cost(cost, cutoff_percentile, alternative_cost_factor)
     if auxiliary_cost is None:
         auxiliary_cost = float(cost.min())
     chosen = np.zeros(len(cands), dtype=bool)
+    report = {"n_candidates": len(cands), "alternative_cost": alternative_cost, "auxiliary_cost": auxiliary_cost}
     if not per_component:
         chosen = solve_jaqaman(src, tgt, cost, alternative_cost, auxiliary_cost)
+        report.update(n_components=1, largest_component=np.unique(src).size + np.unique(tgt).size, n_windowed=0)
     else:
         comp = candidate_components(src, tgt)
         order = np.argsort(comp, kind="stable")
         bounds = np.flatnonzero(np.diff(comp[order])) + 1
+        report.update(n_components=int(comp.max()) + 1, largest_component=0, n_windowed=0)
         for idx in np.split(order, bounds):
             size = np.unique(src[idx]).size + np.unique(tgt[idx]).size
+            report["largest_component"] = max(report["largest_component"], size)
             if max_component_size is not None and size > max_component_size:
                 logger.warning(
                     "segment-candidate component of %d LAP rows+columns exceeds max_component_size=%d: "
@@ -304,9 +315,12 @@ def link_segments(
                 chosen[idx] = _solve_windowed(
                     cands.iloc[idx], alternative_cost, auxiliary_cost, window_frames, max_frame_gap
                 )
+                report["n_windowed"] += 1
             elif idx.size == 1:
                 # One candidate alone: link iff cost + auxiliary < 2 * alternative.
                 chosen[idx] = cost[idx] + auxiliary_cost < 2.0 * alternative_cost
             else:
                 chosen[idx] = solve_jaqaman(src[idx], tgt[idx], cost[idx], alternative_cost, auxiliary_cost)
-    return cands.loc[chosen].reset_index(drop=True)
+    out = cands.loc[chosen].reset_index(drop=True)
+    out.attrs["report"] = report
+    return out
