@@ -431,3 +431,14 @@ def test_large_ids_without_track_ids_are_renumbered(tmp_path: Path) -> None:
     assert list(back.tracks) == [0]
     assert set(back.tracks[0].spot_ids.tolist()) == {1, 2}  # ranks of 2**62, 2**62+1 after 5
     assert back.image_data["nslices"] == 1
+
+
+def test_tracker_settings_feed_the_tracker_config(parsed) -> None:
+    """TrackMate's settings become the tracker's own config, and back."""
+    config_mod = pytest.importorskip("vollseg_dask.tracking.config")
+    fake = parsed["pycellin/FakeTracks.xml"]
+    cfg = config_mod.TrackerConfig.model_validate(fake.to_track_data().tracker_config)
+    assert cfg.linking_max_distance == 10.0 and cfg.allow_track_merging is True and cfg.max_frame_gap == 2
+    back = tmx.tracker_settings_from_config(cfg.model_dump())
+    src = fake.settings["tracker_settings"]
+    assert {k: back[k] for k in back} == {k: src[k] for k in back}

@@ -1,0 +1,81 @@
+"""napari tracks-layer data in one ``.npz`` file (``data``, properties, lineage graph).
+
+Layout (all NumPy arrays, no pickles): ``data`` (N, D+1) ``track_id, t, (z,) y, x``;
+``graph_child`` / ``graph_parent`` (M,) int64 pairs, one per parent of a child track;
+``prop__<name>`` (N,) per property. Load it with :func:`read_napari_tracks` and pass the three parts
+to ``viewer.add_tracks(data, properties=properties, graph=graph)``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from vollseg_dask.errors import InvalidDataError, ShapeError, StoreNotFoundError
+
+__all__ = ["write_napari_tracks", "read_napari_tracks"]
+
+_PROP = "prop__"
+
+
+def write_napari_tracks(
+    path: str | os.PathLike[str],
+    data: np.ndarray,
+    properties: Mapping[str, np.ndarray],
+    graph: Mapping[int, list[int]],
+) -> Path:
+    """Write napari tracks-layer data to ``path`` (``.npz``; written aside, then renamed).
+
+    Raises
+    ------
+    ShapeError
+        ``data`` is not (N, 4) or (N, 5), or a property has not N values.
+    InvalidDataError
+        A property value array of object dtype (strings are not stored).
+    """
+    arr = np.asarray(data, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] not in (4, 5):
+        raise ShapeError(f"napari tracks data must be (N, 4) or (N, 5), got {arr.shape}")
+    out: dict[str, np.ndarray] = {"data": arr}
+    for name, values in properties.items():
+        v = np.asarray(values)
+        if v.shape != (len(arr),):
+            raise ShapeError(f"property {name!r} has shape {v.shape}, expected ({len(arr)},)")
+        if v.dtype.kind not in "iufb":
+            raise InvalidDataError(f"property {name!r} has dtype {v.dtype}: only numbers and booleans are stored")
+        out[_PROP + name] = v
+    child = [int(c) for c, ps in graph.items() for _ in ps]
+    parent = [int(p) for _, ps in graph.items() for p in ps]
+    out["graph_child"] = np.asarray(child, dtype=np.int64)
+    out["graph_parent"] = np.asarray(parent, dtype=np.int64)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **out)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def read_napari_tracks(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, np.ndarray], dict[int, list[int]]]:
+    """Read a file written by :func:`write_napari_tracks`: ``(data, properties, graph)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise StoreNotFoundError(f"napari tracks file not found: {p}")
+    with np.load(p, allow_pickle=False) as z:
+        if "data" not in z.files:
+            raise InvalidDataError(f"{p} is not a napari tracks file: no 'data' array (has {z.files})")
+        data = z["data"]
+        props = {k[len(_PROP):]: z[k] for k in z.files if k.startswith(_PROP)}
+        graph: dict[int, list[int]] = {}
+        for c, par in zip(z["graph_child"].tolist(), z["graph_parent"].tolist(), strict=True):
+            graph.setdefault(int(c), []).append(int(par))
+    return data, props, graph
