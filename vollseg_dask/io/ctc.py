@@ -519,7 +519,7 @@ def _write_masks(folder: Path, labels: Any, spot_labels: pd.DataFrame, n_frames:
             block = np.asarray(labels[t]).astype(np.int64, copy=False)
             img, cnt = _relabel(block, keys, vals, dtype)
             found += cnt if len(cnt) else 0
-            tifffile.imwrite(path, img)
+            tifffile.imwrite(path, img, photometric="minisblack")
         else:
             counts: list[np.ndarray] = []
 
@@ -531,7 +531,7 @@ def _write_masks(folder: Path, labels: Any, spot_labels: pd.DataFrame, n_frames:
                     counts.append(cnt)
                     yield from img
 
-            tifffile.imwrite(path, data=planes(), shape=frame_shape, dtype=dtype)
+            tifffile.imwrite(path, data=planes(), shape=frame_shape, dtype=dtype, photometric="minisblack")
             for cnt in counts:
                 if len(cnt):
                     found += cnt
