@@ -442,3 +442,23 @@ def test_tracker_settings_feed_the_tracker_config(parsed) -> None:
     back = tmx.tracker_settings_from_config(cfg.model_dump())
     src = fake.settings["tracker_settings"]
     assert {k: back[k] for k in back} == {k: src[k] for k in back}
+
+
+def test_tracker_output_exports_trackmate_edges(parsed, tmp_path: Path) -> None:
+    """Integration: our tracker's TRACKS_DIR, written as TrackMate XML, holds TrackMate's own edges."""
+    driver = pytest.importorskip("vollseg_dask.tracking.driver")
+    from vollseg_dask.tracking.config import TrackerConfig
+
+    tm = parsed["laptrack/trackmate_tracks_with_splitting.xml"]
+    cfg = TrackerConfig.from_trackmate(tm.settings["tracker_settings"])
+    driver.track(tm.spots[["spot_id", "t", "x", "y", "z"]].copy(), tmp_path / "tracks", cfg, progress=False)
+    out = write_trackmate_xml(tmp_path / "ours.xml", read_tracks(tmp_path / "tracks", lazy=True))
+    _check_valid_trackmate(out)
+    back = read_trackmate_xml(out)
+    rank = {s: i for i, s in enumerate(sorted(tm.spots["spot_id"].tolist()))}
+    ref = {frozenset((rank[a], rank[b])) for a, b in zip(tm.edges["source_spot_id"], tm.edges["target_spot_id"], strict=True)}
+    ours = {frozenset(p) for p in zip(back.edges["source_spot_id"], back.edges["target_spot_id"], strict=True)}
+    assert ours == ref
+    assert back.settings["tracker_settings"]["ALLOW_TRACK_SPLITTING"] is True
+    assert sum(tr.features["NUMBER_SPLITS"] for tr in back.tracks.values()) == sum(
+        tr.features["NUMBER_SPLITS"] for tr in tm.tracks.values())
