@@ -3,8 +3,10 @@
 Pure NumPy kernels. A cost is ``d^2 * P^2`` with ``P = 1 + sum_f 3 * w_f * |a_f - b_f| / (a_f + b_f)``
 (that is ``1.5 * w_f * |a_f - b_f|`` over the mean of the two values), as published in the TrackMate
 documentation. A cost of exactly zero (two spots at the same place) becomes :data:`SMALLEST_COST`,
-the smallest positive double, because a sparse LAP cannot hold a zero weight and a zero would tie
-with nothing else anyway.
+the smallest positive *normal* double (2.2e-308): a sparse LAP cannot hold a zero weight, and a
+normal number keeps ``1.05 * cost`` (the alternative cost of a frame pair whose only candidate is
+such a pair) strictly above the cost, which the smallest subnormal (Java's ``Double.MIN_VALUE``)
+would not, turning the link into a tie.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from vollseg_dask.errors import TrackingError
 
 __all__ = ["SMALLEST_COST", "penalty_factor", "pair_costs", "candidate_pairs"]
 
-#: Smallest positive float64 (Java's ``Double.MIN_VALUE``): what a zero cost becomes.
-SMALLEST_COST: float = float(np.finfo(np.float64).smallest_subnormal)
+#: Smallest positive normal float64: what a zero cost becomes.
+SMALLEST_COST: float = float(np.finfo(np.float64).tiny)
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
