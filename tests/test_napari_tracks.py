@@ -91,9 +91,10 @@ def test_2d_voxel_size_unlinked_and_property_choice() -> None:
 def test_merge_gives_two_parents() -> None:
     spots = pd.DataFrame({"spot_id": [1, 2, 3, 4], "t": [0, 0, 1, 2], "x": [0.0, 2.0, 1.0, 1.0], "y": 0.0, "z": 0.0})
     edges = pd.DataFrame({"source_spot_id": [1, 2, 3], "target_spot_id": [3, 3, 4]})
-    arr, props, graph = to_napari_tracks(TrackData(spots=spots, edges=edges))
+    data = TrackData(spots=spots, edges=edges)
+    arr, props, graph = to_napari_tracks(data)
     a, b, c = (int(arr[np.flatnonzero(props["spot_id"] == s)[0], 0]) for s in (1, 2, 3))
-    assert graph == {c: sorted([a, b])}
+    assert graph == {c: sorted([a, b])} == napari_graph(data)
     assert int(arr[np.flatnonzero(props["spot_id"] == 4)[0], 0]) == c
 
 
