@@ -271,3 +271,16 @@ def test_surface_area_of_a_sphere_with_anisotropic_voxels():
     assert full * 0.85 < got < full
     with pytest.raises(InvalidDataError):
         surface_area(np.zeros((3, 3, 3), bool), vs)
+
+
+def test_integer_variance_is_exact_for_signed_and_constant_data():
+    rng = np.random.default_rng(9)
+    lab = rng.integers(1, 4, (6, 7, 8)).astype(np.uint8)
+    img = rng.integers(-32768, 32767, (6, 7, 8)).astype(np.int16)
+    img[lab == 3] = -1234  # a constant object: std exactly 0
+    t = finalize(block_partials(lab, img), VOXEL)
+    for row in t.itertuples(index=False):
+        vals = img[lab == row.label].astype(np.float64)
+        assert row.std_intensity_c0 == pytest.approx(vals.std(), rel=1e-12)
+        assert row.mean_intensity_c0 == pytest.approx(vals.mean(), rel=1e-15)
+    assert t["std_intensity_c0"].iloc[2] == 0.0

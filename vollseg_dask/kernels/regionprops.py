@@ -56,7 +56,7 @@ _BBOX_MAX = ("z1", "y1", "x1")
 # is at most this many times the block size; beyond, labels are compacted by sorting.
 _LUT_FACTOR = 4
 # Voxels per internal slab: bounds the temporaries (a few int64 arrays of this length).
-_SLAB_VOXELS = 1 << 22
+_SLAB_VOXELS = 1 << 20
 
 
 def partial_columns(n_channels: int) -> list[str]:
@@ -296,9 +296,20 @@ def _check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]
 
 
 def _exact_variance(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> np.ndarray:
-    # n*ss - s*s can exceed int64: evaluate exactly with Python integers, then divide once.
-    num = n.astype(object) * ss.astype(object) - s.astype(object) * s.astype(object)
-    return np.array([float(v) for v in num], dtype=np.float64) / (n.astype(np.float64) ** 2)
+    """Population variance from exact integer sums, without cancellation.
+
+    Shifting by each object's integer mean ``r`` keeps ``sum (v - r)**2 = ss - 2 r s + n r**2``
+    exact in int64 for 16-bit data (up to 2**23 voxels per object); the remaining term
+    ``(s - n r)**2 / n`` is below ``n / 4``. Larger objects fall back to Python integers.
+    """
+    if len(n) and int(n.max()) > (1 << 23):
+        num = n.astype(object) * ss.astype(object) - s.astype(object) * s.astype(object)
+        return np.array([float(v) for v in num], dtype=np.float64) / (n.astype(np.float64) ** 2)
+    r = s // n
+    centred = ss - 2 * r * s + n * r * r
+    d = (s - n * r).astype(np.float64)
+    nf = n.astype(np.float64)
+    return (centred.astype(np.float64) - d * d / nf) / nf
 
 
 def finalize(reduced: pd.DataFrame, voxel_size: Sequence[float]) -> pd.DataFrame:
