@@ -379,3 +379,24 @@ def test_written_table_is_readable_by_pandas(store, tmp_path):
     df = pd.read_parquet(tmp_path / "tab")  # a generic reader: t from the folder names
     assert len(df) == len(read_cell_table(tmp_path / "tab"))
     assert Path(tmp_path / "tab" / "_manifest.json").is_file()
+
+
+def test_more_than_65535_cells_in_one_time_point_through_the_store(tmp_path):
+    n = 42
+    rng = np.random.default_rng(4)
+    ids = rng.permutation(np.arange(1, 2 * n**3, 2, dtype=np.uint32))[: n**3]
+    lab = np.repeat(np.repeat(np.repeat(ids.reshape(n, n, n), 2, 0), 2, 1), 2, 2)
+    root = tmp_path / "many.zarr"
+    write_image(root, (lab % 251).astype(np.uint8)[None], axes="tzyx", scale=(1.0, 1.0, 1.0, 1.0),
+                chunks=(1, 21, 25, 27))
+    _write_labels(root, "cells", lab[None])
+    res = _measure(root, tmp_path / "tab", block=(21, 50, 27))
+    df = read_cell_table(tmp_path / "tab")
+    labels = np.unique(lab)
+    assert res.n_rows == len(df) == labels.size > 65_535
+    assert not df.duplicated(["t", "label"]).any()
+    np.testing.assert_array_equal(df["label"].to_numpy(), labels)
+    np.testing.assert_array_equal(df["volume_voxels"].to_numpy(), 8)
+    com = np.array(ndi.center_of_mass(np.ones(lab.shape), lab, labels))
+    np.testing.assert_allclose(df[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(), com, rtol=1e-12)
+    np.testing.assert_allclose(df["mean_intensity_c0"], labels % 251)
