@@ -229,6 +229,8 @@ def _read_xml_spots(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         return tm.spots, tm.settings
     data = read_trackmate_xml(path)
     spots = data.spots
+    if data.ndim == 2 and "z" in spots.columns:
+        spots = spots.drop(columns="z")  # a 2D movie: TrackMate writes z = 0
     if "VISIBILITY" in spots.columns:
         spots = spots[spots["VISIBILITY"].fillna(1) != 0]
     return spots.drop(columns=[c for c in ("name",) if c in spots.columns]), dict(
