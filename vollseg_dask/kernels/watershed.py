@@ -1,0 +1,247 @@
+"""Deterministic marker-controlled watershed, block certificates and object size tables.
+
+Kernels of stages S5 (watershed per block) and S6 (size filters, relabelling). Pure NumPy,
+SciPy and scikit-image; no Dask, no files.
+
+Why a deterministic variant of skimage's watershed
+--------------------------------------------------
+``skimage.segmentation.watershed`` floods from a priority queue ordered by (value, age): every
+pixel pushed during the flood gets a fresh, increasing ``age``, but *all marker pixels are pushed
+with age 0*. Two marker pixels with equal values therefore tie, and the binary heap pops tied
+elements in an order that depends on the heap's history, i.e. on every other element pushed so
+far, including those of other mask components and of whatever else the block holds. A voxel
+adjacent to two such markers can then take either label depending on the block's extent, so plain
+skimage is *not* guaranteed translation invariant (the raster order of the marker push is, but the
+heap does not preserve it). Non-marker pixels are safe: their ages are unique and, inside one mask
+component, their relative order only depends on that component's own flood.
+
+:func:`watershed_keys` removes the marker ties without changing anything else: the image is
+replaced by an integer key that sorts by (value, marker before non-marker, global raster order of
+the marker pixel), encoded exactly in float64. All remaining comparisons are then strict, so the
+flood of one mask component is a pure function of that component's values and markers, whatever
+block it is computed in. :func:`seeded_watershed` feeds those keys to skimage's C flood.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from vollseg_dask.errors import InvalidDataError, ShapeError
+from vollseg_dask.kernels.components import structure
+
+__all__ = [
+    "watershed_keys",
+    "seeded_watershed",
+    "cut_faces",
+    "certify_block",
+    "size_table",
+    "select_objects",
+]
+
+
+def watershed_keys(image: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    """Tie-free flooding keys with the same order as ``image`` except among tied marker pixels.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, shape (z, y, x), real
+        Flooding values (lower floods first), finite.
+    markers : numpy.ndarray, shape of ``image``
+        Non-zero on marker pixels.
+
+    Returns
+    -------
+    numpy.ndarray, shape of ``image``, float64
+        ``dense_rank(value) * (K + 1) + m`` where K is the number of marker pixels and ``m`` is
+        the raster rank of a marker pixel among the markers (0..K-1), or K for other pixels.
+        Exact integers (< 2**53), so comparisons equal comparisons of the tuple
+        (value, is_not_marker, marker raster rank).
+    """
+    image = np.asarray(image)
+    markers = np.asarray(markers)
+    if image.shape != markers.shape:
+        raise ShapeError(f"image {image.shape} and markers {markers.shape} differ in shape")
+    flat = image.ravel()
+    if flat.size and not np.isfinite(flat).all():
+        raise InvalidDataError("watershed image holds NaN or infinite values")
+    order = np.argsort(flat, kind="stable")
+    sv = flat[order]
+    dense_sorted = np.cumsum(np.r_[False, sv[1:] != sv[:-1]]) if sv.size else np.zeros(0, np.int64)
+    dense = np.empty(flat.size, np.int64)
+    dense[order] = dense_sorted
+    is_marker = markers.ravel() != 0
+    k = int(is_marker.sum())
+    n_levels = int(dense_sorted[-1]) + 1 if sv.size else 0
+    if n_levels * (k + 1) >= 2**53:
+        raise ShapeError(f"block too large for exact watershed keys ({n_levels} levels x {k + 1} markers)")
+    sub = np.full(flat.size, k, np.int64)
+    sub[is_marker] = np.arange(k, dtype=np.int64)  # raster order = global coordinate order
+    return (dense * (k + 1) + sub).astype(np.float64).reshape(image.shape)
+
+
+def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *,
+                     connectivity: int = 1) -> np.ndarray:
+    """Marker-controlled watershed restricted to a mask, with deterministic tie-breaking.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, shape (z, y, x), real
+        Flooding values; lower values are flooded first (pass ``-probability``).
+    markers : numpy.ndarray, shape (z, y, x), uint64
+        Marker IDs (0 = none). Markers outside ``mask`` are dropped.
+    mask : numpy.ndarray, shape (z, y, x), bool
+        Voxels that may be labelled.
+    connectivity : {1, 2, 3}
+        skimage connectivity (1 = 6-neighbourhood, 3 = 26-neighbourhood).
+
+    Returns
+    -------
+    numpy.ndarray, shape (z, y, x), uint64
+        Marker ID of the basin of every mask voxel reached from a marker, else 0.
+    """
+    from skimage.segmentation import watershed
+
+    image = np.asarray(image)
+    markers = np.asarray(markers)
+    mask = np.asarray(mask, bool)
+    if not (image.shape == markers.shape == mask.shape) or image.ndim != 3:
+        raise ShapeError(f"image {image.shape}, markers {markers.shape}, mask {mask.shape} must be equal 3-D shapes")
+    markers = np.where(mask, markers, 0).astype(np.uint64)
+    ids = np.unique(markers[markers != 0])
+    if ids.size == 0:
+        return np.zeros(image.shape, np.uint64)
+    if ids.size >= 2**31 - 1:  # pragma: no cover - skimage stores int32 markers
+        raise ShapeError(f"{ids.size} markers in one block exceed skimage's int32 markers")
+    local = np.zeros(image.shape, np.int32)
+    nz = markers != 0
+    local[nz] = (np.searchsorted(ids, markers[nz]) + 1).astype(np.int32)
+    keys = watershed_keys(image, local)
+    out_local = watershed(keys, local, mask=mask, connectivity=connectivity)
+    lut = np.concatenate([[np.uint64(0)], ids])
+    return lut[out_local]
+
+
+def cut_faces(read: Sequence[slice], shape: Sequence[int]) -> tuple[tuple[bool, bool], ...]:
+    """Per axis, whether the read region's low/high face is cut (the volume continues beyond it)."""
+    return tuple((s.start > 0, s.stop < n) for s, n in zip(read, shape, strict=True))
+
+
+def certify_block(mask: np.ndarray, core_in_read: Sequence[slice], faces: Sequence[tuple[bool, bool]], *,
+                  connectivity: int = 1) -> tuple[bool, int]:
+    """Whether a block's watershed is provably exact on its core.
+
+    The flood of one mask component depends only on that component's values and markers
+    (with :func:`seeded_watershed`'s tie-breaking). If no component that reaches the core touches
+    a cut face of the read region, every such component lies wholly inside the read region and the
+    core's labels equal those of a whole-volume run.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray, shape (z, y, x), bool
+        Mask over the read region.
+    core_in_read : sequence of 3 slice
+        The core inside the read region.
+    faces : sequence of (bool, bool)
+        From :func:`cut_faces`.
+    connectivity : {1, 2, 3}
+        The watershed's connectivity (1 = 6-neighbourhood).
+
+    Returns
+    -------
+    exact : bool
+    n_unsafe : int
+        Core voxels whose mask component touches a cut face (0 when exact).
+    """
+    mask = np.asarray(mask, bool)
+    conn = {1: 6, 3: 26}.get(connectivity)
+    if conn is None:
+        st = ndimage.generate_binary_structure(3, connectivity)
+    else:
+        st = structure(conn)
+    lab, n = ndimage.label(mask, structure=st)
+    if n == 0:
+        return True, 0
+    core = lab[tuple(core_in_read)]
+    touching: list[np.ndarray] = []
+    for ax, (lo, hi) in enumerate(faces):
+        for cut, idx in ((lo, 0), (hi, -1)):
+            if cut:
+                touching.append(np.take(lab, idx, axis=ax).ravel())
+    if not touching:
+        return True, 0
+    face_ids = np.unique(np.concatenate(touching))
+    face_ids = face_ids[face_ids != 0]
+    if face_ids.size == 0:
+        return True, 0
+    unsafe = np.isin(core, face_ids)
+    n_unsafe = int(unsafe.sum())
+    return n_unsafe == 0, n_unsafe
+
+
+def size_table(labels: np.ndarray, z_offset: int = 0) -> dict[str, np.ndarray]:
+    """Exact per-object voxel counts and z ranges of one block (decomposable over blocks).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray, shape (z, y, x), unsigned integer
+        Provisional labels of a block's core.
+    z_offset : int
+        Global z of ``labels[0]``.
+
+    Returns
+    -------
+    dict
+        ``id`` (sorted, uint64), ``count`` (int64), ``zmin``, ``zmax`` (int64, global, inclusive).
+        Sum ``count`` and take min/max of the ranges over blocks to get whole-volume values.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ShapeError(f"labels must be 3-D, got shape {labels.shape}")
+    ids, counts = np.unique(labels, return_counts=True)
+    keep = ids != 0
+    ids, counts = ids[keep], counts[keep]
+    zmin = np.full(ids.size, np.iinfo(np.int64).max, np.int64)
+    zmax = np.full(ids.size, -1, np.int64)
+    for z in range(labels.shape[0]):
+        u = np.unique(labels[z])
+        u = u[u != 0]
+        if u.size:
+            i = np.searchsorted(ids, u)
+            zmin[i] = np.minimum(zmin[i], z + z_offset)
+            zmax[i] = np.maximum(zmax[i], z + z_offset)
+    return {"id": ids.astype(np.uint64), "count": counts.astype(np.int64), "zmin": zmin, "zmax": zmax}
+
+
+def select_objects(ids: np.ndarray, count: np.ndarray, zmin: np.ndarray, zmax: np.ndarray, *,
+                   min_size: int = 0, max_size: int | None = None, min_z_extent: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Apply 3-D size filters and rank the survivors 1..N in ID order.
+
+    Parameters
+    ----------
+    ids, count, zmin, zmax : numpy.ndarray, shape (N,)
+        Whole-volume table (IDs unique).
+    min_size, max_size : int
+        Inclusive bounds on the voxel count (``max_size`` None = unbounded).
+    min_z_extent : int
+        Minimum number of z slices spanned (``zmax - zmin + 1``).
+
+    Returns
+    -------
+    kept_ids : numpy.ndarray, shape (K,), uint64
+        Sorted IDs that pass.
+    final : numpy.ndarray, shape (K,), uint32
+        Their final labels 1..K (rank in ID order).
+    """
+    ids = np.asarray(ids, np.uint64)
+    if np.unique(ids).size != ids.size:
+        raise ShapeError("size table IDs are not unique")
+    keep = (np.asarray(count) >= min_size) & ((np.asarray(zmax) - np.asarray(zmin) + 1) >= min_z_extent)
+    if max_size is not None:
+        keep &= np.asarray(count) <= max_size
+    kept = np.sort(ids[keep])
+    if kept.size >= 2**32:
+        raise ShapeError(f"{kept.size} objects in one time point do not fit uint32 labels")
+    return kept, np.arange(1, kept.size + 1, dtype=np.uint32)
