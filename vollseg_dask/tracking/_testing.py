@@ -48,6 +48,7 @@ def random_lineages(
     min_cycle: int = 8,
     daughter_distance: float = 6.0,
     miss_rate: float = 0.0,
+    death_rate: float = 0.0,
     noise: float = 0.0,
     seed: int = 0,
 ) -> SyntheticLineages:
@@ -74,6 +75,9 @@ def random_lineages(
     miss_rate : float
         Probability that a cell is not detected in a frame (never in its first two frames, never
         right before a division, never twice in a row).
+    death_rate : float
+        Probability per frame that a cell at least two frames old disappears for good (its track
+        ends); ``death_rate == division_rate`` keeps the population about constant.
     noise : float
         Standard deviation of the detection noise per coordinate (micrometres).
     seed : int
@@ -97,6 +101,11 @@ def random_lineages(
     intensity = rng.uniform(80.0, 120.0, n_cells)
     for t in range(n_frames):
         if t > 0:
+            if death_rate > 0:
+                alive = ~((age >= 2) & (rng.random(cell.size) < death_rate))
+                pos, cell, age, intensity = pos[alive], cell[alive], age[alive], intensity[alive]
+                last_spot, last_seen, prev_seen = last_spot[alive], last_seen[alive], prev_seen[alive]
+                parent_spot = parent_spot[alive]
             pos = pos + rng.normal(0.0, step, pos.shape)
             age = age + 1
             can = (age >= min_cycle) & (last_seen == t - 1) & (prev_seen == t - 2) & (t < n_frames - 2)

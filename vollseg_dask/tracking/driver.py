@@ -16,11 +16,11 @@ Passes over the frames (each reads one frame, or a window of frames, at a time):
    tracklets, tracks, the minimum-tracklet-length filter; then a light pass over the work files
    finds each piece's smallest and first spot ID, which fix the track and tracklet numbering.
 4. **Write.** The spot table is read once more, frame by frame, and written with its track and
-   tracklet IDs through :class:`vollseg_dask.io.tracks.TracksWriter` (atomic), together with the
-   edges, per-track statistics (accumulated on the fly) and tracklets.
+   tracklet IDs through :class:`vollseg_dask.io.tracks.TracksWriter` (atomic), the edges in
+   row groups as they come, per-track statistics (accumulated on the fly) and tracklets.
 
-Memory holds a window of frames plus per-segment and per-edge arrays (about 25 bytes per edge);
-never the spot table.
+Memory holds a window of frames, one row group of edges, and per-segment, per-piece and
+per-candidate arrays (track fragments, not spots); never the spot or edge table.
 """
 
 from __future__ import annotations
@@ -575,7 +575,6 @@ def _run(
     n_tracks = int(piece_track.max()) + 1 if piece_track.size and piece_track.max() >= 0 else 0
     acc = _TrackAccumulator(n_tracks, ndim, config.frame_interval)
     seg_edges_by_t = {int(t): g for t, g in chosen.groupby("target_t")} if len(chosen) else {}
-    edge_parts: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], NDArray[np.int8]]] = []
     window: deque[tuple[int, NDArray[np.int64], NDArray[np.float64], NDArray[np.int64]]] = deque()
     n_unlinked = 0
     with writer_cls(
@@ -586,6 +585,7 @@ def _run(
         frame_interval=config.frame_interval,
         ndim=ndim,
     ) as writer:
+        edge_stream = _EdgeStream(writer)
         for t in _progress(frames, len(frames), "writing", progress):
             frame, _ = prepare_frame(source.read(t), t, config, ndim)
             w = np.load(work / f"t{t}.npz")
@@ -633,20 +633,19 @@ def _run(
                 e_tgt = np.concatenate(tgt_l)
                 e_cost = np.concatenate(cost_l)
                 e_kind = np.concatenate(kind_l)
-                edge_parts.append((e_src, e_tgt, e_cost, e_kind))
+                edge_stream.add(e_src, e_tgt, e_cost, e_kind)
                 acc.add_edges(e_src, e_tgt, ids, pos, track_id, window, t)
             acc.add_spots(ids, pos, track_id, t)
             n_unlinked += int((track_id < 0).sum())
             window.append((t, ids, pos, track_id))
             out_frame = _output_frame(frame, ids, pos, track_id, tracklet_id, ndim)
             writer.write_spots_frame(t, out_frame)
-        edges = _edges_frame(edge_parts)
-        writer.write_edges(edges)
+        edge_stream.close()
         tracks = acc.table()
         writer.write_tracks(tracks)
         writer.write_tracklets(tracklets)
         writer.write_config(config.model_dump(mode="json", exclude_none=True))
-    result.n_edges = {k: int((edges["kind"] == k).sum()) for k in _KINDS}
+    result.n_edges = edge_stream.counts
     result.n_tracks = len(tracks)
     result.n_dividing_tracks = int(tracks["dividing"].sum()) if len(tracks) else 0
     result.n_tracklets = len(tracklets)
@@ -689,23 +688,69 @@ def _output_frame(
     return out
 
 
-def _edges_frame(parts: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], NDArray[np.int8]]]) -> pd.DataFrame:
-    if not parts:
-        return pd.DataFrame(
-            {"source_spot_id": np.empty(0, np.int64), "target_spot_id": np.empty(0, np.int64), "cost": np.empty(0), "kind": pd.Series([], dtype=str)}
+class _EdgeStream:
+    """Writes ``edges.parquet`` of an open :class:`~vollseg_dask.io.tracks.TracksWriter` in row
+    groups, so that the edge table is never whole in memory.
+
+    The file is the one ``TracksWriter.write_edges`` would write (same normalisation by
+    :func:`~vollseg_dask.io.tracks.normalize_edges`, same key-value metadata), placed in the
+    writer's hidden folder so that it is committed atomically with the rest.
+    """
+
+    def __init__(self, writer: Any, rows_per_group: int = 1 << 18) -> None:
+        import json
+
+        from vollseg_dask.io import tracks as io_tracks
+
+        self._writer = writer
+        self._path = writer._need_open() / "edges.parquet"
+        self._meta = {io_tracks._META_KEY: json.dumps(dict(writer.meta), ensure_ascii=False).encode("utf-8")}
+        self._rows = rows_per_group
+        self._buf: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], NDArray[np.int8]]] = []
+        self._n_buf = 0
+        self._pq: Any = None
+        self.counts = {k: 0 for k in _KINDS}
+
+    def add(self, src: NDArray[np.int64], tgt: NDArray[np.int64], cost: NDArray[np.float64], kind: NDArray[np.int8]) -> None:
+        self._buf.append((src, tgt, cost, kind))
+        self._n_buf += src.size
+        for code, count in zip(*np.unique(kind, return_counts=True), strict=True):
+            self.counts[_KINDS[int(code)]] += int(count)
+        if self._n_buf >= self._rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from vollseg_dask.io.tracks import normalize_edges
+
+        if not self._n_buf:
+            return
+        kinds = np.asarray(_KINDS, dtype=object)
+        df = pd.DataFrame(
+            {
+                "source_spot_id": np.concatenate([b[0] for b in self._buf]),
+                "target_spot_id": np.concatenate([b[1] for b in self._buf]),
+                "cost": np.concatenate([b[2] for b in self._buf]),
+                "kind": kinds[np.concatenate([b[3] for b in self._buf])],
+            }
         )
-    src = np.concatenate([p[0] for p in parts])
-    tgt = np.concatenate([p[1] for p in parts])
-    cost = np.concatenate([p[2] for p in parts])
-    kind = np.concatenate([p[3] for p in parts])
-    return pd.DataFrame(
-        {
-            "source_spot_id": src,
-            "target_spot_id": tgt,
-            "cost": cost,
-            "kind": pd.Categorical.from_codes(kind, categories=list(_KINDS)),
-        }
-    )
+        table = pa.Table.from_pandas(normalize_edges(df), preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self._meta})
+        if self._pq is None:
+            self._pq = pq.ParquetWriter(self._path, table.schema)
+        self._pq.write_table(table)
+        self._buf.clear()
+        self._n_buf = 0
+
+    def close(self) -> None:
+        self._flush()
+        if self._pq is None:
+            self._writer.write_edges(None)  # no edge at all: the writer's own empty table
+        else:
+            self._pq.close()
+            self._writer._has_edges = True
 
 
 class _Growable:

@@ -204,25 +204,17 @@ def _solve_windowed(
     tgt = cands["target_spot_id"].to_numpy()
     tt = cands["target_t"].to_numpy()
     cost = cands["cost"].to_numpy()
-    used_src: set[int] = set()
-    used_tgt: set[int] = set()
+    free = np.ones(len(cands), dtype=bool)  # neither end taken by an anchored (committed) link
     t0, t1 = int(tt.min()), int(tt.max())
     for start in range(t0, t1 + 1, window_frames):
         core_end = start + window_frames
-        in_look = (tt >= start) & (tt < core_end + overlap)
-        free = np.fromiter(
-            (int(s) not in used_src and int(g) not in used_tgt for s, g in zip(src, tgt, strict=True)),
-            dtype=bool,
-            count=len(src),
-        )
-        sel = np.flatnonzero(in_look & free)
+        sel = np.flatnonzero((tt >= start) & (tt < core_end + overlap) & free)
         if sel.size == 0:
             continue
         pick = solve_jaqaman(src[sel], tgt[sel], cost[sel], alternative, auxiliary)
         keep = sel[pick & (tt[sel] < core_end)]
         chosen[keep] = True
-        used_src.update(int(s) for s in src[keep])
-        used_tgt.update(int(g) for g in tgt[keep])
+        free &= ~np.isin(src, src[keep]) & ~np.isin(tgt, tgt[keep])
     return chosen
 
 
@@ -298,10 +290,16 @@ def link_segments(
         report.update(n_components=1, largest_component=np.unique(src).size + np.unique(tgt).size, n_windowed=0)
     else:
         comp = candidate_components(src, tgt)
-        order = np.argsort(comp, kind="stable")
+        n_comp = int(comp.max()) + 1
+        comp_size = np.bincount(comp, minlength=n_comp)
+        report.update(n_components=n_comp, largest_component=2 if n_comp else 0, n_windowed=0)
+        # One candidate alone (most components): link iff cost + auxiliary < 2 * alternative.
+        single = comp_size[comp] == 1
+        chosen[single] = cost[single] + auxiliary_cost < 2.0 * alternative_cost
+        multi = np.flatnonzero(~single)
+        order = multi[np.argsort(comp[multi], kind="stable")]
         bounds = np.flatnonzero(np.diff(comp[order])) + 1
-        report.update(n_components=int(comp.max()) + 1, largest_component=0, n_windowed=0)
-        for idx in np.split(order, bounds):
+        for idx in np.split(order, bounds) if order.size else []:
             size = np.unique(src[idx]).size + np.unique(tgt[idx]).size
             report["largest_component"] = max(report["largest_component"], size)
             if max_component_size is not None and size > max_component_size:
@@ -316,9 +314,6 @@ def link_segments(
                     cands.iloc[idx], alternative_cost, auxiliary_cost, window_frames, max_frame_gap
                 )
                 report["n_windowed"] += 1
-            elif idx.size == 1:
-                # One candidate alone: link iff cost + auxiliary < 2 * alternative.
-                chosen[idx] = cost[idx] + auxiliary_cost < 2.0 * alternative_cost
             else:
                 chosen[idx] = solve_jaqaman(src[idx], tgt[idx], cost[idx], alternative_cost, auxiliary_cost)
     out = cands.loc[chosen].reset_index(drop=True)
