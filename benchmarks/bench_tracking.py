@@ -131,7 +131,9 @@ def _child_track(data: str, out: str) -> dict[str, Any]:
         "n_frames": result.n_frames,
         "edges": result.n_edges,
         "n_tracks": result.n_tracks,
-        "segment_lap": {k: (float(v) if isinstance(v, float) else v) for k, v in result.segment_report.items()},
+        "segment_lap": {
+            k: (float(v) if isinstance(v, float) else v) for k, v in result.segment_report.items()
+        },
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "baseline_rss": baseline,
         "peak_rss": peak,
@@ -185,7 +187,9 @@ def _child_laptrack(data: str) -> dict[str, Any]:
     graph = lt.predict(coords)
     seconds = time.perf_counter() - start
     pairs = [(int(ids[a[0]][a[1]]), int(ids[b[0]][b[1]])) for a, b in graph.edges()]
-    pd.DataFrame(pairs, columns=["source_spot_id", "target_spot_id"]).to_parquet(Path(data) / "laptrack_edges.parquet", index=False)
+    pd.DataFrame(pairs, columns=["source_spot_id", "target_spot_id"]).to_parquet(
+        Path(data) / "laptrack_edges.parquet", index=False
+    )
     return {"seconds": seconds, "n_spots": len(spots), "n_edges": len(pairs)}
 
 
@@ -193,7 +197,9 @@ def _run_child(args: list[str], timeout: float | None = None) -> dict[str, Any] 
     cmd = [sys.executable, "-m", "benchmarks.bench_tracking", "--child", *args]
     env = dict(os.environ, VOLLSEG_PROGRESS="0")
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False, timeout=timeout, env=env)
+        res = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=ROOT, check=False, timeout=timeout, env=env
+        )
     except subprocess.TimeoutExpired:
         return None
     if res.returncode != 0:
@@ -220,13 +226,21 @@ def _edge_set(path: Path) -> set[tuple[int, int]]:
     return set(zip(e["source_spot_id"].tolist(), e["target_spot_id"].tolist(), strict=True))
 
 
-def _compare_laptrack(work: Path, cells_ladder: list[int], frames: int, limit: float, seed: int) -> dict[str, Any]:
+def _compare_laptrack(
+    work: Path, cells_ladder: list[int], frames: int, limit: float, seed: int
+) -> dict[str, Any]:
     best: dict[str, Any] | None = None
     tried = []
     for cells in cells_ladder:
         data, info = _generate(work, f"lt_{cells}", cells, frames, seed)
         lt = _run_child(["laptrack", str(data)], timeout=limit)
-        tried.append({"cells": cells, "n_spots": info["n_spots"], "laptrack_seconds": None if lt is None else lt["seconds"]})
+        tried.append(
+            {
+                "cells": cells,
+                "n_spots": info["n_spots"],
+                "laptrack_seconds": None if lt is None else lt["seconds"],
+            }
+        )
         if lt is None:
             break
         ours = _run_child(["ours-memory", str(data)])
@@ -258,17 +272,27 @@ def _compare_laptrack(work: Path, cells_ladder: list[int], frames: int, limit: f
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and print a JSON report."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cells", type=int, default=1000, help="N founder cells of the memory/throughput runs")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cells", type=int, default=1000, help="N founder cells of the memory/throughput runs"
+    )
     parser.add_argument("--frames", type=int, default=25, help="F frames (the second run has 4·F)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-laptrack", action="store_true", help="skip the laptrack comparison")
-    parser.add_argument("--laptrack-limit", type=float, default=90.0, help="seconds allowed to one laptrack run")
     parser.add_argument(
-        "--laptrack-cells", default="250,1000,4000,16000", help="ladder of N for the laptrack runs (stops at the limit)"
+        "--laptrack-limit", type=float, default=90.0, help="seconds allowed to one laptrack run"
+    )
+    parser.add_argument(
+        "--laptrack-cells",
+        default="250,1000,4000,16000",
+        help="ladder of N for the laptrack runs (stops at the limit)",
     )
     parser.add_argument("--laptrack-frames", type=int, default=25)
-    parser.add_argument("--full", action="store_true", help="also the 1,000,000-spot run (10,000 cells x 100 frames)")
+    parser.add_argument(
+        "--full", action="store_true", help="also the 1,000,000-spot run (10,000 cells x 100 frames)"
+    )
     parser.add_argument("--workdir", default=None, help="folder for data and outputs (default: a temp dir)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -309,7 +333,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["memory_and_throughput"] = runs
         if not args.skip_laptrack:
             ladder = [int(c) for c in args.laptrack_cells.split(",") if c.strip()]
-            report["laptrack"] = _compare_laptrack(work, ladder, args.laptrack_frames, args.laptrack_limit, args.seed)
+            report["laptrack"] = _compare_laptrack(
+                work, ladder, args.laptrack_frames, args.laptrack_limit, args.seed
+            )
         if args.full:
             data, info = _generate(work, "full", 10_000, 100, args.seed)
             r = _run_child(["track", str(data), str(work / "out_full")])

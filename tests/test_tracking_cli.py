@@ -20,7 +20,9 @@ from vollseg_dask.tracking._testing import random_lineages
 
 @pytest.fixture(scope="module")
 def movie() -> pd.DataFrame:
-    return random_lineages(12, 15, noise=0.1, division_rate=0.15, min_cycle=4, seed=5).spots.drop(columns="cell")
+    return random_lineages(12, 15, noise=0.1, division_rate=0.15, min_cycle=4, seed=5).spots.drop(
+        columns="cell"
+    )
 
 
 def _edges(path: Path) -> list[tuple[int, int, str]]:
@@ -30,15 +32,31 @@ def _edges(path: Path) -> list[tuple[int, int, str]]:
 
 def test_track_csv_with_trackmate_column_names(movie: pd.DataFrame, tmp_path: Path) -> None:
     csv = tmp_path / "spots.csv"
-    movie.rename(columns={"t": "FRAME", "x": "POSITION_X", "y": "POSITION_Y", "z": "POSITION_Z", "spot_id": "ID"}).to_csv(csv, index=False)
+    movie.rename(
+        columns={"t": "FRAME", "x": "POSITION_X", "y": "POSITION_Y", "z": "POSITION_Z", "spot_id": "ID"}
+    ).to_csv(csv, index=False)
     cfg = TrackerConfig(linking_max_distance=5.0, allow_track_splitting=True, splitting_max_distance=6.0)
     save_config(cfg, tmp_path / "tracker.yaml")
-    res = CliRunner().invoke(main, ["track", str(csv), "--out", str(tmp_path / "tracks"), "--config", str(tmp_path / "tracker.yaml"), "--no-progress", "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "track",
+            str(csv),
+            "--out",
+            str(tmp_path / "tracks"),
+            "--config",
+            str(tmp_path / "tracker.yaml"),
+            "--no-progress",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["spots"] == len(movie) and summary["edges"]["split"] > 0
     ref = lap_track(movie, cfg)
-    assert _edges(tmp_path / "tracks") == sorted(zip(ref["source_spot_id"], ref["target_spot_id"], ref["kind"], strict=True))
+    assert _edges(tmp_path / "tracks") == sorted(
+        zip(ref["source_spot_id"], ref["target_spot_id"], ref["kind"], strict=True)
+    )
 
 
 def test_track_partitioned_parquet_and_overwrite(movie: pd.DataFrame, tmp_path: Path) -> None:
@@ -53,14 +71,19 @@ def test_track_partitioned_parquet_and_overwrite(movie: pd.DataFrame, tmp_path: 
     assert "tracks" in res.output and out.is_dir()
     again = runner.invoke(main, ["track", str(root), "--out", str(out), "--no-progress"])
     assert again.exit_code != 0 and "exists" in str(again.exception)
-    assert runner.invoke(main, ["track", str(root), "--out", str(out), "--overwrite", "--no-progress"]).exit_code == 0
+    assert (
+        runner.invoke(main, ["track", str(root), "--out", str(out), "--overwrite", "--no-progress"]).exit_code
+        == 0
+    )
 
 
 def test_bad_config_key_is_named(movie: pd.DataFrame, tmp_path: Path) -> None:
     csv = tmp_path / "spots.csv"
     movie.to_csv(csv, index=False)
     (tmp_path / "bad.yaml").write_text("linking_max_distanse: 3\n")
-    res = CliRunner().invoke(main, ["track", str(csv), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "bad.yaml")])
+    res = CliRunner().invoke(
+        main, ["track", str(csv), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "bad.yaml")]
+    )
     assert res.exit_code != 0
     assert isinstance(res.exception, ConfigError) and "linking_max_distanse" in str(res.exception)
     assert not (tmp_path / "o").exists()

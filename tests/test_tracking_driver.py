@@ -32,7 +32,14 @@ DIVISION_CONFIG = TrackerConfig(
 
 
 def edge_keys(edges: pd.DataFrame) -> list[tuple[int, int, str]]:
-    return sorted(zip(edges["source_spot_id"].tolist(), edges["target_spot_id"].tolist(), edges["kind"].astype(str).tolist(), strict=True))
+    return sorted(
+        zip(
+            edges["source_spot_id"].tolist(),
+            edges["target_spot_id"].tolist(),
+            edges["kind"].astype(str).tolist(),
+            strict=True,
+        )
+    )
 
 
 def write_partitioned(df: pd.DataFrame, root: Path, parts_per_frame: int = 1, seed: int = 0) -> Path:
@@ -52,7 +59,9 @@ def check_store_consistency(path: Path) -> None:
     """Track and tracklet IDs and statistics equal the data model's own derivation from the edges."""
     data = read_tracks(path)
     spots, edges = data.spots, data.edges
-    track_id, tracklet_id, tracklets = derive_lineage(spots["spot_id"].to_numpy(), spots["t"].to_numpy(), edges)
+    track_id, tracklet_id, tracklets = derive_lineage(
+        spots["spot_id"].to_numpy(), spots["t"].to_numpy(), edges
+    )
     np.testing.assert_array_equal(track_id, spots["track_id"].to_numpy())
     np.testing.assert_array_equal(tracklet_id, spots["tracklet_id"].to_numpy())
     pd.testing.assert_frame_equal(tracklets, data.tracklets, check_dtype=False)
@@ -107,7 +116,9 @@ def test_streaming_equals_in_memory(lineage_movie: pd.DataFrame, tmp_path: Path,
     check_store_consistency(result.path)
 
 
-def test_edges_written_in_row_groups(lineage_movie: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_edges_written_in_row_groups(
+    lineage_movie: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Edges stream to disk in row groups (7 rows here); the file reads back whole and typed."""
     import pyarrow.parquet as pq
 
@@ -139,10 +150,14 @@ def test_missing_frames_and_empty_frames(tmp_path: Path) -> None:
     rows = [(t, float(t), 0.0, 100.0) for t in range(8) if t != 3]
     rows += [(5, 30.0, 30.0, 1.0)]
     df = pd.DataFrame(rows, columns=["t", "x", "y", "volume_um3"])
-    cfg = TrackerConfig(linking_max_distance=2.0, gap_closing_max_distance=3.0, max_frame_gap=2, min_volume=10.0)
+    cfg = TrackerConfig(
+        linking_max_distance=2.0, gap_closing_max_distance=3.0, max_frame_gap=2, min_volume=10.0
+    )
     result = track(df, tmp_path / "o", cfg, progress=False)
     assert result.n_spots_dropped == 1
-    assert edge_keys(read_tracks(result.path).edges) == edge_keys(lap_track(df[df["volume_um3"] >= 10].assign(spot_id=lambda d: d["t"].to_numpy(np.int64) << 32), cfg))
+    assert edge_keys(read_tracks(result.path).edges) == edge_keys(
+        lap_track(df[df["volume_um3"] >= 10].assign(spot_id=lambda d: d["t"].to_numpy(np.int64) << 32), cfg)
+    )
     assert result.n_tracks == 1 and result.n_edges["gap"] == 1
 
 
@@ -160,7 +175,9 @@ def _division_with_branches(short_len: int, long_len: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["t", "x", "y"])
 
 
-CFG_SPLIT = TrackerConfig(linking_max_distance=2.0, allow_track_splitting=True, splitting_max_distance=4.0, allow_gap_closing=False)
+CFG_SPLIT = TrackerConfig(
+    linking_max_distance=2.0, allow_track_splitting=True, splitting_max_distance=4.0, allow_gap_closing=False
+)
 
 
 def test_division_structure(tmp_path: Path) -> None:
@@ -172,12 +189,20 @@ def test_division_structure(tmp_path: Path) -> None:
     assert tl["n_spots"].tolist() == [5, 6, 4] or tl["n_spots"].tolist() == [5, 4, 6]
     tracks = data.tracks
     assert tracks["n_divisions"].tolist() == [1] and tracks["dividing"].tolist() == [True]
-    assert tracks["n_spots"].tolist() == [15] and tracks["start_t"].tolist() == [0] and tracks["end_t"].tolist() == [10]
+    assert (
+        tracks["n_spots"].tolist() == [15]
+        and tracks["start_t"].tolist() == [0]
+        and tracks["end_t"].tolist() == [10]
+    )
     check_store_consistency(result.path)
 
 
-@pytest.mark.parametrize(("short_len", "n", "removed"), [(2, 2, True), (2, 1, False), (3, 3, True), (3, 2, False), (2, 0, False)])
-def test_min_tracklet_length_removes_short_branches(tmp_path: Path, short_len: int, n: int, removed: bool) -> None:
+@pytest.mark.parametrize(
+    ("short_len", "n", "removed"), [(2, 2, True), (2, 1, False), (3, 3, True), (3, 2, False), (2, 0, False)]
+)
+def test_min_tracklet_length_removes_short_branches(
+    tmp_path: Path, short_len: int, n: int, removed: bool
+) -> None:
     """A daughter present in k frames after the division spans k frames (end_t - t_mother = k);
     it is removed when k <= N."""
     cfg = CFG_SPLIT.model_copy(update={"min_tracklet_length": n})
@@ -241,7 +266,13 @@ def test_synthetic_lineages_with_missed_detections(tmp_path: Path) -> None:
 
 def test_ids_labels_features_and_2d(tmp_path: Path) -> None:
     df = pd.DataFrame(
-        {"t": [0, 0, 1, 1], "x": [0.0, 10.0, 1.0, 11.0], "y": [0.0, 0.0, 0.0, 0.0], "label": [3, 7, 7, 3], "area": [5.0, 6.0, 7.0, 8.0]}
+        {
+            "t": [0, 0, 1, 1],
+            "x": [0.0, 10.0, 1.0, 11.0],
+            "y": [0.0, 0.0, 0.0, 0.0],
+            "label": [3, 7, 7, 3],
+            "area": [5.0, 6.0, 7.0, 8.0],
+        }
     )
     result = track(df, tmp_path / "o", TrackerConfig(linking_max_distance=2.0), progress=False)
     data = read_tracks(result.path)
@@ -249,7 +280,9 @@ def test_ids_labels_features_and_2d(tmp_path: Path) -> None:
     assert s["spot_id"].tolist() == [3, 7, (1 << 32) + 3, (1 << 32) + 7]
     assert (s["z"] == 0).all() and data.ndim == 2 and "area" in s.columns
     assert edge_keys(data.edges) == [(3, (1 << 32) + 7, "link"), (7, (1 << 32) + 3, "link")]
-    assert load_config(TrackerConfig, result.path / "tracker_config.yaml") == TrackerConfig(linking_max_distance=2.0)
+    assert load_config(TrackerConfig, result.path / "tracker_config.yaml") == TrackerConfig(
+        linking_max_distance=2.0
+    )
 
 
 def test_spot_filters(tmp_path: Path) -> None:
@@ -264,7 +297,9 @@ def test_spot_filters(tmp_path: Path) -> None:
             "inside_tissue": [True, True, True, True, True, False],
         }
     )
-    cfg = TrackerConfig(min_volume=10.0, max_intensity=50.0, inside_tissue_only=True, linking_max_distance=2.0)
+    cfg = TrackerConfig(
+        min_volume=10.0, max_intensity=50.0, inside_tissue_only=True, linking_max_distance=2.0
+    )
     result = track(df, tmp_path / "o", cfg, progress=False)
     spots = read_tracks(result.path).spots
     assert sorted(spots["x"].tolist()) == [0.0, 0.5] and result.n_spots_dropped == 4

@@ -69,7 +69,7 @@ def test_link_frames_picks_global_optimum() -> None:
     a = np.array([[0.0, 0.0], [2.0, 0.0]])
     b = np.array([[1.0, 0.0], [-1.1, 0.0]])
     links = link_frames(a, b, max_distance=5.0)
-    assert sorted(zip(links.source.tolist(), links.target.tolist())) == [(0, 1), (1, 0)]
+    assert sorted(zip(links.source.tolist(), links.target.tolist(), strict=True)) == [(0, 1), (1, 0)]
 
 
 def test_linking_cutoff_is_strict() -> None:
@@ -85,7 +85,7 @@ def test_alternative_cost_refuses_a_competing_far_link() -> None:
     a = np.array([[0.0, 0.0], [10.0, 0.0]])
     b = np.array([[0.5, 0.0], [10.0, 9.0]])
     links = link_frames(a, b, max_distance=20.0)
-    assert sorted(zip(links.source.tolist(), links.target.tolist())) == [(0, 0), (1, 1)]
+    assert sorted(zip(links.source.tolist(), links.target.tolist(), strict=True)) == [(0, 0), (1, 1)]
     assert links.alternative_cost == pytest.approx(1.05 * max(81.0, 0.25, 9.5**2, 10.0**2 + 81.0))
 
 
@@ -101,7 +101,9 @@ def test_linking_feature_penalty_changes_the_choice() -> None:
     assert edge_set(edges) == {(0, 2, "link")}
     assert edges["cost"].iloc[0] == pytest.approx(1.44)
     # The penalty also pushes a pair beyond the cut-off: P = 2 doubles the distance.
-    far = TrackerConfig(allow_gap_closing=False, linking_max_distance=1.5, LINKING_FEATURE_PENALTIES={"MEAN_INTENSITY": 1.0})
+    far = TrackerConfig(
+        allow_gap_closing=False, linking_max_distance=1.5, LINKING_FEATURE_PENALTIES={"MEAN_INTENSITY": 1.0}
+    )
     only = spots.iloc[[0, 1]].assign(MEAN_INTENSITY=[100.0, 200.0])
     assert lap_track(only, far).empty
 
@@ -118,12 +120,16 @@ def _line(t0: int, t1: int, x0: float, y: float, dx: float = 1.0) -> list[tuple[
 def test_gap_closing_and_max_frame_gap() -> None:
     rows = _line(0, 4, 0.0, 0.0) + _line(6, 9, 6.0, 0.0)  # frame 5 missing
     spots = spots_table(rows)
-    edges = lap_track(spots, TrackerConfig(linking_max_distance=3.0, gap_closing_max_distance=3.0, max_frame_gap=2))
+    edges = lap_track(
+        spots, TrackerConfig(linking_max_distance=3.0, gap_closing_max_distance=3.0, max_frame_gap=2)
+    )
     gap = edges[edges["kind"] == "gap"]
     assert list(zip(gap["source_spot_id"], gap["target_spot_id"], strict=True)) == [(4, 5)]
     assert gap["cost"].iloc[0] == pytest.approx(4.0)
     assert len(edges) == 8  # one connected track
-    no_gap = lap_track(spots, TrackerConfig(linking_max_distance=3.0, gap_closing_max_distance=3.0, max_frame_gap=1))
+    no_gap = lap_track(
+        spots, TrackerConfig(linking_max_distance=3.0, gap_closing_max_distance=3.0, max_frame_gap=1)
+    )
     assert "gap" not in set(no_gap["kind"])
     off = lap_track(spots, TrackerConfig(linking_max_distance=3.0, allow_gap_closing=False))
     assert len(off) == 7
@@ -132,11 +138,23 @@ def test_gap_closing_and_max_frame_gap() -> None:
 def test_segment_cutoffs_are_inclusive() -> None:
     # End at (0,0) frame 0, start at (3,4) frame 2: distance exactly 5.
     ia, ib, cost = timed_candidates(
-        np.array([[0.0, 0.0]]), np.array([0]), np.array([[3.0, 4.0]]), np.array([2]), min_dt=1, max_dt=2, max_distance=5.0
+        np.array([[0.0, 0.0]]),
+        np.array([0]),
+        np.array([[3.0, 4.0]]),
+        np.array([2]),
+        min_dt=1,
+        max_dt=2,
+        max_distance=5.0,
     )
     assert ia.tolist() == [0] and cost.tolist() == [25.0]
     ia, _, _ = timed_candidates(
-        np.array([[0.0, 0.0]]), np.array([0]), np.array([[3.0, 4.0]]), np.array([3]), min_dt=1, max_dt=2, max_distance=5.0
+        np.array([[0.0, 0.0]]),
+        np.array([0]),
+        np.array([[3.0, 4.0]]),
+        np.array([3]),
+        min_dt=1,
+        max_dt=2,
+        max_distance=5.0,
     )
     assert ia.size == 0  # three frames later is beyond MAX_FRAME_GAP
 
@@ -177,12 +195,17 @@ def test_lone_spot_is_gap_closed_but_never_split_or_merged() -> None:
     rows = _line(0, 6, 0.0, 0.0) + [(4, 4.0, 2.0)]
     spots = spots_table(rows)
     cfg = TrackerConfig(
-        linking_max_distance=1.5, allow_track_splitting=True, allow_track_merging=True, splitting_max_distance=3.0
+        linking_max_distance=1.5,
+        allow_track_splitting=True,
+        allow_track_merging=True,
+        splitting_max_distance=3.0,
     )
     assert set(lap_track(spots, cfg)["kind"]) == {"link"}
     # The same spot continuing after a frame gap is gap-closed.
     rows2 = _line(0, 3, 0.0, 0.0) + [(5, 5.0, 0.0)]
-    edges = lap_track(spots_table(rows2), TrackerConfig(linking_max_distance=1.5, gap_closing_max_distance=3.0))
+    edges = lap_track(
+        spots_table(rows2), TrackerConfig(linking_max_distance=1.5, gap_closing_max_distance=3.0)
+    )
     assert (3, 4, "gap") in edge_set(edges)
 
 
@@ -226,7 +249,12 @@ def test_sparse_solver_equals_dense_linear_sum_assignment(seed: int, n: int, m: 
     assert np.bincount(rows[chosen], minlength=n).max(initial=0) <= 1
     assert np.bincount(cols[chosen], minlength=m).max(initial=0) <= 1
     n_rows, n_cols = np.unique(rows).size, np.unique(cols).size
-    total = costs[chosen].sum() + aux * chosen.sum() + alt * (n_rows - chosen.sum()) + alt * (n_cols - chosen.sum())
+    total = (
+        costs[chosen].sum()
+        + aux * chosen.sum()
+        + alt * (n_rows - chosen.sum())
+        + alt * (n_cols - chosen.sum())
+    )
     assert total == pytest.approx(_dense_reference(rows, cols, costs, alt, aux), rel=1e-12)
 
 
@@ -235,11 +263,25 @@ def _random_candidates(rng: np.random.Generator, n_spots: int, n_frames: int, ex
     from vollseg_dask.tracking.pipeline import segment_candidates
 
     t = rng.integers(0, n_frames, n_spots)
-    spots = pd.DataFrame({"spot_id": np.arange(n_spots), "t": t, "x": rng.uniform(0, extent, n_spots), "y": rng.uniform(0, extent, n_spots)})
+    spots = pd.DataFrame(
+        {
+            "spot_id": np.arange(n_spots),
+            "t": t,
+            "x": rng.uniform(0, extent, n_spots),
+            "y": rng.uniform(0, extent, n_spots),
+        }
+    )
     role = rng.integers(0, 4, n_spots)  # 0 start, 1 end, 2 middle, 3 lone
     has_pred = (role == 1) | (role == 2)
     has_succ = (role == 0) | (role == 2)
-    cfg = TrackerConfig(allow_track_splitting=True, allow_track_merging=True, gap_closing_max_distance=6.0, splitting_max_distance=6.0, merging_max_distance=6.0, max_frame_gap=3)
+    cfg = TrackerConfig(
+        allow_track_splitting=True,
+        allow_track_merging=True,
+        gap_closing_max_distance=6.0,
+        splitting_max_distance=6.0,
+        merging_max_distance=6.0,
+        max_frame_gap=3,
+    )
     return segment_candidates(spots, has_pred, has_succ, cfg)
 
 
@@ -318,7 +360,14 @@ def test_windowed_fallback_is_logged_and_exact_on_easy_input(caplog: pytest.LogC
 
 def test_duplicate_spot_ids_across_frames_are_refused() -> None:
     cands = pd.DataFrame(
-        {"source_spot_id": [1, 1], "target_spot_id": [2, 3], "source_t": [0, 1], "target_t": [1, 2], "cost": [1.0, 2.0], "kind": ["gap", "gap"]}
+        {
+            "source_spot_id": [1, 1],
+            "target_spot_id": [2, 3],
+            "source_t": [0, 1],
+            "target_t": [1, 2],
+            "cost": [1.0, 2.0],
+            "kind": ["gap", "gap"],
+        }
     )
     with pytest.raises(TrackingError, match="spot_id 1"):
         link_segments(cands)
@@ -345,7 +394,12 @@ def test_config_aliases_and_unknown_keys(tmp_path) -> None:
     with pytest.raises(ValueError, match="penalty weight"):
         TrackerConfig(linking_feature_penalties={"QUALITY": -1.0})
     tm = TrackerConfig.from_trackmate(
-        {"TRACKER_NAME": "SPARSE_LAP_TRACKER", "ALLOW_GAP_CLOSING": "false", "BLOCKING_VALUE": "Infinity", "CUTOFF_PERCENTILE": "0.8"},
+        {
+            "TRACKER_NAME": "SPARSE_LAP_TRACKER",
+            "ALLOW_GAP_CLOSING": "false",
+            "BLOCKING_VALUE": "Infinity",
+            "CUTOFF_PERCENTILE": "0.8",
+        },
         min_tracklet_length=3,
     )
     assert tm.allow_gap_closing is False and math.isinf(tm.blocking_value) and tm.cutoff_percentile == 0.8

@@ -10,7 +10,9 @@ import click
 
 @click.command(name="track")
 @click.argument("table", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Track store folder to write.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Track store folder to write."
+)
 @click.option(
     "--config",
     "config_path",
@@ -21,7 +23,9 @@ import click
 @click.option("--overwrite", is_flag=True, help="Replace TRACKS_DIR if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def command(table: Path, out_dir: Path, config_path: Path | None, overwrite: bool, as_json: bool, no_progress: bool) -> None:
+def command(
+    table: Path, out_dir: Path, config_path: Path | None, overwrite: bool, as_json: bool, no_progress: bool
+) -> None:
     """Track the spots of TABLE into the track store --out.
 
     TABLE is a Parquet dataset partitioned by t (TABLE/t=<int>/*.parquet, e.g. a cell table), a
@@ -63,5 +67,7 @@ def command(table: Path, out_dir: Path, config_path: Path | None, overwrite: boo
         f"{e.get('link', 0)} link, {e.get('gap', 0)} gap, {e.get('split', 0)} split, {e.get('merge', 0)} merge"
     )
     if result.n_removed_branches:
-        click.echo(f"removed {result.n_removed_branches} short branches (min_tracklet_length={config.min_tracklet_length})")
+        click.echo(
+            f"removed {result.n_removed_branches} short branches (min_tracklet_length={config.min_tracklet_length})"
+        )
     click.echo(f"wrote {result.path}")

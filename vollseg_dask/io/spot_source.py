@@ -99,7 +99,9 @@ class DataFrameSpots:
             raise InvalidDataError("spot table column 't' holds NaN")
         t = df["t"].to_numpy()
         if t.dtype.kind == "f" and not np.array_equal(t, np.round(t)):
-            raise InvalidDataError(f"spot table column 't' holds non-integer frames (e.g. {t[t != np.round(t)][0]!r})")
+            raise InvalidDataError(
+                f"spot table column 't' holds non-integer frames (e.g. {t[t != np.round(t)][0]!r})"
+            )
         self._df = df.reset_index(drop=True)
         t = t.astype(np.int64)
         order = np.argsort(t, kind="stable")

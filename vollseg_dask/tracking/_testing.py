@@ -85,7 +85,9 @@ def random_lineages(
     """
     rng = np.random.default_rng(seed)
     side = int(np.ceil(n_cells ** (1.0 / ndim)))
-    grid = np.stack(np.meshgrid(*[np.arange(side)] * ndim, indexing="ij"), axis=-1).reshape(-1, ndim)[:n_cells]
+    grid = np.stack(np.meshgrid(*[np.arange(side)] * ndim, indexing="ij"), axis=-1).reshape(-1, ndim)[
+        :n_cells
+    ]
     pos = grid * spacing + rng.uniform(-0.1, 0.1, (n_cells, ndim)) * spacing
     cell = np.arange(n_cells, dtype=np.int64)
     age = rng.integers(0, min_cycle, n_cells)
@@ -150,7 +152,9 @@ def random_lineages(
         src = np.where(born, parent_spot[idx], last_spot[idx])
         has = src >= 0
         kind = np.where(born, "split", np.where(t - last_seen[idx] > 1, "gap", "link"))
-        edge_parts.append(pd.DataFrame({"source_spot_id": src[has], "target_spot_id": ids[has], "kind": kind[has]}))
+        edge_parts.append(
+            pd.DataFrame({"source_spot_id": src[has], "target_spot_id": ids[has], "kind": kind[has]})
+        )
         last_spot[idx] = ids
         prev_seen[idx] = last_seen[idx]
         last_seen[idx] = t

@@ -53,7 +53,9 @@ class TrackerConfig(StrictModel):
         alias="LINKING_MAX_DISTANCE",
         description="Largest distance of a frame-to-frame link; a candidate needs cost < this squared (strict).",
     )
-    linking_feature_penalties: _PenaltyMap = _penalty_field("LINKING_FEATURE_PENALTIES", "frame-to-frame links")
+    linking_feature_penalties: _PenaltyMap = _penalty_field(
+        "LINKING_FEATURE_PENALTIES", "frame-to-frame links"
+    )
 
     # --- gap closing ------------------------------------------------------------------------------
     allow_gap_closing: bool = Field(
@@ -71,7 +73,9 @@ class TrackerConfig(StrictModel):
         alias="MAX_FRAME_GAP",
         description="Largest frame difference (target frame - source frame) of a gap-closing link.",
     )
-    gap_closing_feature_penalties: _PenaltyMap = _penalty_field("GAP_CLOSING_FEATURE_PENALTIES", "gap closing")
+    gap_closing_feature_penalties: _PenaltyMap = _penalty_field(
+        "GAP_CLOSING_FEATURE_PENALTIES", "gap closing"
+    )
 
     # --- splitting (divisions) --------------------------------------------------------------------
     allow_track_splitting: bool = Field(
@@ -147,11 +151,17 @@ class TrackerConfig(StrictModel):
         "mean_intensity", min_length=1, description="Spot column holding the intensity used by the filters."
     )
     inside_tissue_only: bool = Field(False, description="Keep only spots whose tissue column is true.")
-    tissue_column: str = Field("inside_tissue", min_length=1, description="Boolean spot column: inside the tissue.")
-    frame_interval: float = Field(
-        1.0, gt=0, description="Time between frames (time unit of the speeds and durations in tracks.parquet)."
+    tissue_column: str = Field(
+        "inside_tissue", min_length=1, description="Boolean spot column: inside the tissue."
     )
-    spatial_units: str = Field("µm", min_length=1, description="Unit of x, y, z (written into the track store).")
+    frame_interval: float = Field(
+        1.0,
+        gt=0,
+        description="Time between frames (time unit of the speeds and durations in tracks.parquet).",
+    )
+    spatial_units: str = Field(
+        "µm", min_length=1, description="Unit of x, y, z (written into the track store)."
+    )
     time_units: str = Field(
         "frame", min_length=1, description="Unit of frame_interval (written into the track store)."
     )
@@ -183,7 +193,9 @@ class TrackerConfig(StrictModel):
     def _check_penalties(cls, value: dict[str, float]) -> dict[str, float]:
         for name, weight in value.items():
             if not (isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0):
-                raise ValueError(f"penalty weight of feature {name!r} must be a finite number >= 0, got {weight!r}")
+                raise ValueError(
+                    f"penalty weight of feature {name!r} must be a finite number >= 0, got {weight!r}"
+                )
         return value
 
     @field_validator("scheduler")
@@ -203,7 +215,9 @@ class TrackerConfig(StrictModel):
             and self.max_intensity is not None
             and self.min_intensity > self.max_intensity
         ):
-            raise ValueError(f"min_intensity {self.min_intensity} is above max_intensity {self.max_intensity}")
+            raise ValueError(
+                f"min_intensity {self.min_intensity} is above max_intensity {self.max_intensity}"
+            )
         return self
 
     @property

@@ -46,9 +46,7 @@ def penalty_factor(features_a: FloatArray, features_b: FloatArray, weights: Floa
     fb = np.asarray(features_b, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     if fa.shape != fb.shape or fa.ndim != 2 or fa.shape[1] != w.shape[0]:
-        raise TrackingError(
-            f"feature arrays must both be (k, {w.shape[0]}), got {fa.shape} and {fb.shape}"
-        )
+        raise TrackingError(f"feature arrays must both be (k, {w.shape[0]}), got {fa.shape} and {fb.shape}")
     if fa.shape[1] == 0:
         return np.ones(fa.shape[0], dtype=np.float64)
     diff = np.abs(fa - fb)

@@ -151,7 +151,9 @@ def prepare_frame(raw: pd.DataFrame, t: int, config: TrackerConfig, ndim: int) -
             keep &= v <= hi
     if config.inside_tissue_only:
         if config.tissue_column not in df.columns:
-            raise TrackingError(f"inside_tissue_only needs column {config.tissue_column!r}, which the spot table lacks")
+            raise TrackingError(
+                f"inside_tissue_only needs column {config.tissue_column!r}, which the spot table lacks"
+            )
         keep &= df[config.tissue_column].fillna(False).to_numpy(bool)
     if "spot_id" in df.columns:
         if df["spot_id"].isna().any():
@@ -216,7 +218,9 @@ class _Spots:
     @staticmethod
     def concat(parts: list[_Spots], ndim: int) -> _Spots:
         if not parts:
-            return _Spots(np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, ndim)), np.empty(0, np.int64), {})
+            return _Spots(
+                np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, ndim)), np.empty(0, np.int64), {}
+            )
         keys = parts[0].feats.keys()
         return _Spots(
             np.concatenate([p.ids for p in parts]),
@@ -242,7 +246,16 @@ class _Gatherer:
         self.prev_t: int | None = None
         self.parts: list[pd.DataFrame] = []
 
-    def _add(self, src: _Spots, tgt: _Spots, kind: str, feat_key: str, penalties: dict[str, float], max_dist: float, max_dt: int) -> None:
+    def _add(
+        self,
+        src: _Spots,
+        tgt: _Spots,
+        kind: str,
+        feat_key: str,
+        penalties: dict[str, float],
+        max_dist: float,
+        max_dt: int,
+    ) -> None:
         if src.ids.size == 0 or tgt.ids.size == 0:
             return
         ia, ib, cost = timed_candidates(
@@ -288,7 +301,15 @@ class _Gatherer:
             self.ends.popleft()
         if cfg.allow_gap_closing:
             window = _Spots.concat(list(self.ends), self.ndim)
-            self._add(window, starts, "gap", "gap", cfg.gap_closing_feature_penalties, cfg.gap_closing_max_distance, cfg.max_frame_gap)
+            self._add(
+                window,
+                starts,
+                "gap",
+                "gap",
+                cfg.gap_closing_feature_penalties,
+                cfg.gap_closing_max_distance,
+                cfg.max_frame_gap,
+            )
         if cfg.allow_track_splitting and adjacent and self.prev_middles is not None:
             self._add(
                 self.prev_middles,
@@ -300,7 +321,15 @@ class _Gatherer:
                 1,
             )
         if cfg.allow_track_merging and adjacent and self.prev_ends_nonlone is not None:
-            self._add(self.prev_ends_nonlone, middles, "merge", "merge", cfg.merging_feature_penalties, cfg.merging_max_distance, 1)
+            self._add(
+                self.prev_ends_nonlone,
+                middles,
+                "merge",
+                "merge",
+                cfg.merging_feature_penalties,
+                cfg.merging_max_distance,
+                1,
+            )
         if ends.ids.size:
             self.ends.append(ends)
         self.prev_middles = middles
@@ -399,7 +428,9 @@ def track(
 
     config = config or TrackerConfig()
     progress = _progress_default() if progress is None else progress
-    source: SpotSource = spots if hasattr(spots, "read") and hasattr(spots, "frames") else open_spots(spots)[0]  # type: ignore[arg-type,assignment]
+    source: SpotSource = (
+        spots if hasattr(spots, "read") and hasattr(spots, "frames") else open_spots(spots)[0]
+    )  # type: ignore[arg-type,assignment]
     out = Path(out_dir)
     if out.exists() and not overwrite:
         from vollseg_dask.errors import StoreExistsError
@@ -486,7 +517,9 @@ def _run(
         gatherer.frame(spots_, p["has_pred"], has_succ)
         n_spots += n
 
-    frame_iter = _progress(_batches(frames, config.window_frames), -(-len(frames) // config.window_frames), "linking", progress)
+    frame_iter = _progress(
+        _batches(frames, config.window_frames), -(-len(frames) // config.window_frames), "linking", progress
+    )
     for batch in frame_iter:
         loaded: list[tuple[int, pd.DataFrame]] = [] if carry is None else [carry]
         for t in batch:
@@ -519,7 +552,14 @@ def _run(
             seg[new] = np.arange(seg_start.size, seg_start.size + new.size)
             seg_start.extend(np.full(new.size, t, np.int64))
             seg_end.extend(np.full(new.size, t, np.int64))
-            pending = {"t": t, "frame": frame, "seg": seg, "has_pred": has_pred, "pred_id": pred_id, "pred_cost": pred_cost}
+            pending = {
+                "t": t,
+                "frame": frame,
+                "seg": seg,
+                "has_pred": has_pred,
+                "pred_id": pred_id,
+                "pred_cost": pred_cost,
+            }
         carry = loaded[-1] if loaded else None
     if pending is not None:
         finalize(pending, None)
@@ -529,7 +569,7 @@ def _run(
     # ---- pass 2: segment LAP ------------------------------------------------------------------
     tick = time.perf_counter()
     cands = gatherer.candidates()
-    del gatherer
+    gatherer.parts.clear()
     chosen = link_segments(
         cands,
         cutoff_percentile=config.cutoff_percentile,
@@ -546,7 +586,11 @@ def _run(
     # ---- pass 3: structure and numbering -----------------------------------------------------
     tick = time.perf_counter()
     segments = pd.DataFrame(
-        {"segment": np.arange(seg_start.size, dtype=np.int64), "start_t": seg_start.values.copy(), "end_t": seg_end.values.copy()}
+        {
+            "segment": np.arange(seg_start.size, dtype=np.int64),
+            "start_t": seg_start.values.copy(),
+            "end_t": seg_end.values.copy(),
+        }
     )
     lineage = build_lineage(segments, chosen, config.min_tracklet_length)
     result.n_removed_branches = lineage.n_removed_branches
@@ -567,7 +611,11 @@ def _run(
     removed = pieces["removed"].to_numpy(bool)
     # A kept split stays a division only if its mother still has two successors.
     e = lineage.edges
-    outdeg = np.bincount(e["src"].to_numpy(np.intp), minlength=n_pieces) if len(e) else np.zeros(n_pieces, np.int64)
+    outdeg = (
+        np.bincount(e["src"].to_numpy(np.intp), minlength=n_pieces)
+        if len(e)
+        else np.zeros(n_pieces, np.int64)
+    )
     result.timings["structure"] = time.perf_counter() - tick
 
     # ---- pass 4: write ------------------------------------------------------------------------
@@ -593,7 +641,11 @@ def _run(
             if not np.array_equal(ids, w["spot_id"]):
                 raise TrackingError(f"frame {t} changed while it was being tracked (spot IDs differ)")
             seg = w["seg"]
-            rows = locate_pieces(pieces, seg, np.full(seg.size, t, np.int64)) if ids.size else np.empty(0, np.intp)
+            rows = (
+                locate_pieces(pieces, seg, np.full(seg.size, t, np.int64))
+                if ids.size
+                else np.empty(0, np.intp)
+            )
             track_id = piece_track[rows] if ids.size else np.empty(0, np.int64)
             tracklet_id = piece_tracklet[rows] if ids.size else np.empty(0, np.int64)
             pos = frame[pos_cols].to_numpy(np.float64)
@@ -606,7 +658,9 @@ def _run(
             kind_l: list[NDArray[np.int8]] = []
             has_link = w["pred_id"] >= 0
             if has_link.any():
-                prev_rows = locate_pieces(pieces, seg[has_link], np.full(int(has_link.sum()), t - 1, np.int64))
+                prev_rows = locate_pieces(
+                    pieces, seg[has_link], np.full(int(has_link.sum()), t - 1, np.int64)
+                )
                 keep = ~removed[rows[has_link]] & ~removed[prev_rows]
                 src_l.append(w["pred_id"][has_link][keep])
                 tgt_l.append(ids[has_link][keep])
@@ -614,8 +668,12 @@ def _run(
                 kind_l.append(np.zeros(int(keep.sum()), np.int8))
             g = seg_edges_by_t.get(t)
             if g is not None:
-                s_rows = locate_pieces(pieces, g["source_segment"].to_numpy(np.int64), g["source_t"].to_numpy(np.int64))
-                d_rows = locate_pieces(pieces, g["target_segment"].to_numpy(np.int64), g["target_t"].to_numpy(np.int64))
+                s_rows = locate_pieces(
+                    pieces, g["source_segment"].to_numpy(np.int64), g["source_t"].to_numpy(np.int64)
+                )
+                d_rows = locate_pieces(
+                    pieces, g["target_segment"].to_numpy(np.int64), g["target_t"].to_numpy(np.int64)
+                )
                 keep = ~removed[s_rows] & ~removed[d_rows]
                 kinds = g["kind"].to_numpy(dtype=object)
                 code = np.array([_KINDS.index(k) for k in kinds], dtype=np.int8)
@@ -677,7 +735,9 @@ def _output_frame(
         "x": pos[:, 0],
         "y": pos[:, 1],
         "z": pos[:, 2] if ndim == 3 else np.zeros(n),
-        "label": frame["label"].to_numpy().astype(np.int64) if "label" in frame.columns else np.full(n, -1, np.int64),
+        "label": frame["label"].to_numpy().astype(np.int64)
+        if "label" in frame.columns
+        else np.full(n, -1, np.int64),
         "track_id": track_id,
         "tracklet_id": tracklet_id,
     }
@@ -697,7 +757,7 @@ class _EdgeStream:
     writer's hidden folder so that it is committed atomically with the rest.
     """
 
-    def __init__(self, writer: Any, rows_per_group: int = 1 << 18) -> None:
+    def __init__(self, writer: Any, rows_per_group: int = 1 << 15) -> None:
         import json
 
         from vollseg_dask.io import tracks as io_tracks
@@ -706,12 +766,20 @@ class _EdgeStream:
         self._path = writer._need_open() / "edges.parquet"
         self._meta = {io_tracks._META_KEY: json.dumps(dict(writer.meta), ensure_ascii=False).encode("utf-8")}
         self._rows = rows_per_group
-        self._buf: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], NDArray[np.int8]]] = []
+        self._buf: list[
+            tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], NDArray[np.int8]]
+        ] = []
         self._n_buf = 0
         self._pq: Any = None
         self.counts = {k: 0 for k in _KINDS}
 
-    def add(self, src: NDArray[np.int64], tgt: NDArray[np.int64], cost: NDArray[np.float64], kind: NDArray[np.int8]) -> None:
+    def add(
+        self,
+        src: NDArray[np.int64],
+        tgt: NDArray[np.int64],
+        cost: NDArray[np.float64],
+        kind: NDArray[np.int8],
+    ) -> None:
         self._buf.append((src, tgt, cost, kind))
         self._n_buf += src.size
         for code, count in zip(*np.unique(kind, return_counts=True), strict=True):
@@ -797,7 +865,9 @@ class _TrackAccumulator:
             return pos
         return np.concatenate([pos, np.zeros((pos.shape[0], 1))], axis=1)
 
-    def add_spots(self, ids: NDArray[np.int64], pos: NDArray[np.float64], track: NDArray[np.int64], t: int) -> None:
+    def add_spots(
+        self, ids: NDArray[np.int64], pos: NDArray[np.float64], track: NDArray[np.int64], t: int
+    ) -> None:
         lk = track >= 0
         if not lk.any():
             return

@@ -117,7 +117,9 @@ def link_frames(
     a = np.asarray(xyz_a, dtype=np.float64)
     b = np.asarray(xyz_b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise TrackingError(f"positions must be (n, D) and (m, D) with the same D, got {a.shape} and {b.shape}")
+        raise TrackingError(
+            f"positions must be (n, D) and (m, D) with the same D, got {a.shape} and {b.shape}"
+        )
     if not max_distance > 0:
         raise TrackingError(f"max_distance must be > 0, got {max_distance!r}")
     ia, ib, cost = frame_candidates(a, b, max_distance, features_a, features_b, weights)

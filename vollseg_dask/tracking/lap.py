@@ -64,7 +64,9 @@ def solve_jaqaman(
     costs = np.asarray(costs, dtype=np.float64)
     k = costs.shape[0]
     if rows.shape != (k,) or cols.shape != (k,):
-        raise TrackingError(f"rows {rows.shape}, cols {cols.shape} and costs {costs.shape} must have one length")
+        raise TrackingError(
+            f"rows {rows.shape}, cols {cols.shape} and costs {costs.shape} must have one length"
+        )
     if k == 0:
         return np.zeros(0, dtype=bool)
     if not (np.isfinite(costs).all() and (costs > 0).all()):

@@ -37,7 +37,9 @@ def position_columns(spots: pd.DataFrame) -> list[str]:
     return ["x", "y", "z"] if "z" in spots.columns else ["x", "y"]
 
 
-def _features(spots: pd.DataFrame, penalties: dict[str, float]) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
+def _features(
+    spots: pd.DataFrame, penalties: dict[str, float]
+) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
     if not penalties:
         return None, None
     names = list(penalties)
@@ -80,7 +82,14 @@ def segment_candidates(
     merge_sources = np.flatnonzero(~has_successor & ~lone)
     parts: list[pd.DataFrame] = []
 
-    def add(src: NDArray[np.intp], tgt: NDArray[np.intp], penalties: dict[str, float], max_dist: float, max_dt: int, kind: str) -> None:
+    def add(
+        src: NDArray[np.intp],
+        tgt: NDArray[np.intp],
+        penalties: dict[str, float],
+        max_dist: float,
+        max_dt: int,
+        kind: str,
+    ) -> None:
         feats, weights = _features(spots, penalties)
         ia, ib, cost = timed_candidates(
             pos[src],
@@ -109,9 +118,23 @@ def segment_candidates(
         )
 
     if config.allow_gap_closing:
-        add(ends, starts, config.gap_closing_feature_penalties, config.gap_closing_max_distance, config.max_frame_gap, "gap")
+        add(
+            ends,
+            starts,
+            config.gap_closing_feature_penalties,
+            config.gap_closing_max_distance,
+            config.max_frame_gap,
+            "gap",
+        )
     if config.allow_track_splitting:
-        add(middles, split_targets, config.splitting_feature_penalties, config.splitting_max_distance, 1, "split")
+        add(
+            middles,
+            split_targets,
+            config.splitting_feature_penalties,
+            config.splitting_max_distance,
+            1,
+            "split",
+        )
     if config.allow_track_merging:
         add(merge_sources, middles, config.merging_feature_penalties, config.merging_max_distance, 1, "merge")
     parts = [p for p in parts if len(p)]
@@ -177,7 +200,13 @@ def lap_track(spots: pd.DataFrame, config: TrackerConfig | None = None) -> pd.Da
     cost = np.concatenate(cost_l) if cost_l else np.empty(0)
     edges = [
         pd.DataFrame(
-            {"source_spot_id": ids[src], "target_spot_id": ids[tgt], "cost": cost, "kind": "link", "_t": t[src]}
+            {
+                "source_spot_id": ids[src],
+                "target_spot_id": ids[tgt],
+                "cost": cost,
+                "kind": "link",
+                "_t": t[src],
+            }
         )
     ]
     if config.segment_linking_enabled:
@@ -197,7 +226,9 @@ def lap_track(spots: pd.DataFrame, config: TrackerConfig | None = None) -> pd.Da
         one_frame = (chosen["kind"] == "gap") & (chosen["target_t"] - chosen["source_t"] == 1)
         chosen.loc[one_frame, "kind"] = "link"
         edges.append(
-            chosen.rename(columns={"source_t": "_t"}).loc[:, ["source_spot_id", "target_spot_id", "cost", "kind", "_t"]]
+            chosen.rename(columns={"source_t": "_t"}).loc[
+                :, ["source_spot_id", "target_spot_id", "cost", "kind", "_t"]
+            ]
         )
     out = pd.concat([e for e in edges if len(e)] or edges[:1], ignore_index=True)
     out = out.sort_values(["_t", "source_spot_id", "target_spot_id"], kind="stable").drop(columns="_t")

@@ -50,7 +50,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Columns of a segment-candidate table (and of the chosen-edges table returned).
-CANDIDATE_COLUMNS: tuple[str, ...] = ("source_spot_id", "target_spot_id", "source_t", "target_t", "cost", "kind")
+CANDIDATE_COLUMNS: tuple[str, ...] = (
+    "source_spot_id",
+    "target_spot_id",
+    "source_t",
+    "target_t",
+    "cost",
+    "kind",
+)
 
 
 def empty_candidates() -> pd.DataFrame:
@@ -278,16 +285,24 @@ def link_segments(
     for col, tcol in (("source_spot_id", "source_t"), ("target_spot_id", "target_t")):
         n_t = cands.groupby(col)[tcol].nunique()
         if (n_t > 1).any():
-            raise TrackingError(f"spot_id {int(n_t[n_t > 1].index[0])} occurs in several frames: spot IDs must be unique")
+            raise TrackingError(
+                f"spot_id {int(n_t[n_t > 1].index[0])} occurs in several frames: spot IDs must be unique"
+            )
     if alternative_cost is None:
         alternative_cost = segment_alternative_cost(cost, cutoff_percentile, alternative_cost_factor)
     if auxiliary_cost is None:
         auxiliary_cost = float(cost.min())
     chosen = np.zeros(len(cands), dtype=bool)
-    report = {"n_candidates": len(cands), "alternative_cost": alternative_cost, "auxiliary_cost": auxiliary_cost}
+    report = {
+        "n_candidates": len(cands),
+        "alternative_cost": alternative_cost,
+        "auxiliary_cost": auxiliary_cost,
+    }
     if not per_component:
         chosen = solve_jaqaman(src, tgt, cost, alternative_cost, auxiliary_cost)
-        report.update(n_components=1, largest_component=np.unique(src).size + np.unique(tgt).size, n_windowed=0)
+        report.update(
+            n_components=1, largest_component=np.unique(src).size + np.unique(tgt).size, n_windowed=0
+        )
     else:
         comp = candidate_components(src, tgt)
         n_comp = int(comp.max()) + 1

@@ -290,7 +290,12 @@ def number_lineage(
         best = pe.groupby("child")["parent"].min()
         parent[best.index.to_numpy(np.int64)] = best.to_numpy(np.int64)
     grp = pd.DataFrame(
-        {"tl": tracklet_id[lk], "start": start_t[lk], "end": p["end_t"].to_numpy(np.int64)[lk], "n": p["n_spots"].to_numpy(np.int64)[lk]}
+        {
+            "tl": tracklet_id[lk],
+            "start": start_t[lk],
+            "end": p["end_t"].to_numpy(np.int64)[lk],
+            "n": p["n_spots"].to_numpy(np.int64)[lk],
+        }
     ).groupby("tl")
     tracklets = pd.DataFrame(
         {
