@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--laptrack-cells",
-        default="250,1000,4000,16000",
+        default="250,1000,4000,8000,16000",
         help="ladder of N for the laptrack runs (stops at the limit)",
     )
     parser.add_argument("--laptrack-frames", type=int, default=25)
