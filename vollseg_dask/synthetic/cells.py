@@ -3,8 +3,8 @@
 A **site** is a point of a jittered face-centred-cubic lattice in cell space ``Y`` (see
 :mod:`~vollseg_dask.synthetic.geometry`); every voxel belongs to its nearest living site (a plain
 Voronoi diagram in ``Y``). A **cluster** (a cell at t = 0) is one site or a chain of 2–6
-nearest-neighbour sites with perpendicular bonds (L, Z, helical shapes: the union of their
-Voronoi regions is connected but, for bent chains, not star-convex). Chains are drawn inside
+nearest-neighbour sites going straight on or turning by a right angle (rods, L, Z, U shapes: the
+union of their Voronoi regions is connected but, for bent chains, not star-convex). Chains are drawn inside
 2×2×2-cube tiles of 32 sites by a generator seeded with the tile index, so that a cluster only
 depends on its own tile.
 
@@ -84,6 +84,8 @@ def _tile_chains(rng: np.random.Generator, p_start: float, max_len: int) -> tupl
     """
     _, xyz, nbrs = _tile_geometry()
     n = len(xyz)
+    # Doubled integer coordinates: bonds compare exactly, and plain tuples are fast here.
+    pts = [tuple(int(v) for v in np.rint(2 * p)) for p in xyz]
     head = np.arange(n)
     pos = np.zeros(n, np.int64)
     length = np.ones(n, np.int64)
@@ -96,20 +98,21 @@ def _tile_chains(rng: np.random.Generator, p_start: float, max_len: int) -> tupl
             continue
         target = int(rng.integers(2, max_len + 1))
         chain = [int(s)]
-        prev_bond = None
+        prev: tuple[int, int, int] | None = None
         while len(chain) < target:
             cur = chain[-1]
+            pc = pts[cur]
             cands = []
             for nb in nbrs[cur]:
                 if used[nb]:
                     continue
-                bond = xyz[nb] - xyz[cur]
-                if prev_bond is None or abs(float(bond @ prev_bond)) < 1e-9:  # perpendicular turns only
-                    cands.append(int(nb))
+                bond = (pts[nb][0] - pc[0], pts[nb][1] - pc[1], pts[nb][2] - pc[2])
+                # Straight on or a right-angle turn (a sharper turn would just make the cell compact).
+                if prev is None or bond == prev or bond[0] * prev[0] + bond[1] * prev[1] + bond[2] * prev[2] == 0:
+                    cands.append((int(nb), bond))
             if not cands:
                 break
-            nxt = cands[int(rng.integers(len(cands)))]
-            prev_bond = xyz[nxt] - xyz[cur]
+            nxt, prev = cands[int(rng.integers(len(cands)))]
             used[nxt] = True
             chain.append(nxt)
         for i, m in enumerate(chain):
@@ -119,8 +122,15 @@ def _tile_chains(rng: np.random.Generator, p_start: float, max_len: int) -> tupl
     return head, pos, length
 
 
-def _tile_rng(seed: int, tile: np.ndarray) -> np.random.Generator:
-    return np.random.default_rng([seed, _S_CHAIN, int(tile[0]), int(tile[1]), int(tile[2])])
+@lru_cache(maxsize=8192)
+def _tile_chains_cached(seed: int, p_start: float, max_len: int, i: int, j: int, k: int,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chains of tile ``(i, j, k)`` (a pure function of its arguments, so it is cached per process:
+    neighbouring tasks share tiles; 8192 tiles take about 2 MB)."""
+    out = _tile_chains(np.random.default_rng([seed, _S_CHAIN, i, j, k]), p_start, max_len)
+    for a in out:
+        a.setflags(write=False)
+    return out
 
 
 @lru_cache(maxsize=64)
@@ -202,7 +212,8 @@ def sites_of_tiles(scene: Scene, tiles: np.ndarray) -> SiteSet:
     pos = np.empty(len(site_id), np.int64)
     length = np.empty(len(site_id), np.int64)
     for i, tile in enumerate(tiles):
-        h, p, ln = _tile_chains(_tile_rng(seed, tile), c.chain_probability, c.max_chain_length)
+        h, p, ln = _tile_chains_cached(seed, float(c.chain_probability), int(c.max_chain_length), int(tile[0]),
+                                       int(tile[1]), int(tile[2]))
         sl = slice(i * _SITES_PER_TILE, (i + 1) * _SITES_PER_TILE)
         head[sl] = site_id[sl][h]
         pos[sl] = p

@@ -19,7 +19,7 @@ class SyntheticConfig(StrictModel):
     Geometry is in micrometres (µm) and frames. The tissue is a smooth blob (a perturbed
     superellipsoid) filled with densely packed cells. A cell is the union of one or more
     neighbouring sites of a jittered face-centred-cubic lattice ("sites"), so that some cells are
-    bent chains of sites (L, Z or helical shapes: not star-convex); walls are curved by a smooth
+    chains of sites (rods and L, Z, U shapes: not star-convex); walls are curved by a smooth
     warp of space. The tissue moves with a smooth oscillating flow plus a small per-site jitter;
     cells divide (see ``division_rate``).
     """
@@ -59,13 +59,13 @@ class SyntheticConfig(StrictModel):
 
     # --- cell shape -----------------------------------------------------------------------
     lattice_jitter: float = Field(
-        0.12, ge=0.0, le=0.2, description="Random displacement of each lattice site, fraction of the site spacing.")
+        0.2, ge=0.0, le=0.25, description="Random displacement of each lattice site, fraction of the site spacing.")
     chain_probability: float = Field(
-        0.25, ge=0.0, le=1.0,
+        0.35, ge=0.0, le=1.0,
         description="Probability that a site starts a multi-site (bent, non-convex) cell.")
-    max_chain_length: int = Field(4, ge=2, le=6, description="Largest number of sites in one cell.")
+    max_chain_length: int = Field(5, ge=2, le=6, description="Largest number of sites in one cell.")
     wall_curvature: float = Field(
-        0.6, ge=0.0, le=0.8,
+        0.7, ge=0.0, le=0.8,
         description="Strength of the smooth warp that curves cell walls: bound on the warp's gradient (< 1 keeps "
                     "the warp one-to-one).")
     wall_wavelength: PosFloat = Field(

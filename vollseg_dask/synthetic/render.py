@@ -192,7 +192,7 @@ def render_region(scene: Scene, table: CellTable, t: int, region: Region, *, int
         if not intensity:
             continue
 
-        # Membrane: nearest wall to a site of another cell, plane walls of divisions, cap sphere.
+        # Membrane: walls to sites of other cells, plane walls of divisions, cap sphere.
         mem = np.zeros(q)
         with np.errstate(invalid="ignore"):
             for j in range(1, k):
@@ -203,7 +203,9 @@ def render_region(scene: Scene, table: CellTable, t: int, region: Region, *, int
                 diff = Ys[bj] - Ys[a]
                 sep = np.sqrt(np.einsum("qk,qk->q", diff, diff))
                 sep = np.where(sep > 0, sep, 1.0)
-                dw = np.where(other, (dist[:, j] ** 2 - d1**2) / (2.0 * sep), np.inf)
+                # Half the distance difference: zero on the wall, continuous across the internal
+                # faces of a multi-site cell (a plane distance from the nearest site would jump there).
+                dw = np.where(other, 0.5 * (dist[:, j] - d1), np.inf)
                 nrm = diff / sep[:, None]
                 mem = np.maximum(mem, _profile(dw, _var_along(nrm, psf_var), sig_m, pnorm))
         for taken, nrm in planes:

@@ -61,7 +61,7 @@ class Scene:
     anchor_offset : float
         Distance of a plane-split daughter's anchor from the mother site.
     reach : float
-        Bound of ``|Y − x|`` over all frames (flow + warp displacement).
+        Bound of ``|Y − x|`` over the frames of the data set (flow + warp displacement).
     photons : float
         Photons per unit intensity (membrane peak ≈ 1).
     membrane_sigma : float
@@ -217,7 +217,10 @@ def build_scene(config: SyntheticConfig) -> Scene:
     peak_norm = membrane_sigma / math.sqrt(membrane_sigma**2 + float(psf_var.mean()))
     r_cap = spacing
     r_query = r_cap + 0.5 * spacing + 4.0 * math.sqrt(membrane_sigma**2 + float(psf_var.max()))
-    reach = 2.0 * flow.max_displacement + warp.max_displacement
+    # |D(x, t) − D(x, 0)| ≤ Σ a_k·2|sin(ω_k t / 2)| over the frames that exist.
+    tt = np.arange(T, dtype=float)
+    flow_reach = float(np.sum(flow.amplitude * np.max(2.0 * np.abs(np.sin(np.outer(flow.omega, tt) / 2.0)), axis=1)))
+    reach = flow_reach + warp.max_displacement
 
     # Lattice box: every site that can come within r_query of the field of view at any frame.
     pad = reach + r_query + site_jitter + math.sqrt(3.0) * jitter_amp + spacing
