@@ -11,6 +11,7 @@ from vollseg_dask.errors import ConfigError
 
 #: config name -> "module:Class"
 CONFIG_MODELS: dict[str, str] = {
+    "run": "vollseg_dask.pipeline:RunConfig",
     "cluster": "vollseg_dask.runtime:ClusterConfig",
     "synthetic": "vollseg_dask.synthetic:SyntheticConfig",
     "segment": "vollseg_dask.segmentation:SegmentationConfig",

@@ -1,0 +1,631 @@
+"""The whole pipeline as one resumable run: ingest → segment → measure → track → analyse → export.
+
+:func:`run` takes a :class:`RunConfig` (YAML/TOML via ``vollseg-dask run CONFIG``) and processes
+one data set or a batch (a folder or glob of TIFF/HDF5/.npy files or OME-Zarr stores), each into
+its own output folder, sharing one Dask cluster and the per-worker model cache. Every stage keeps
+its own fine-grained resume state (done-markers per block or time point); on top of that a stage
+that finished with the same settings is skipped as a whole. A data set that fails does not stop the
+others: the summary lists it with the reason.
+
+Output layout (``OUT`` = ``RunConfig.output``)::
+
+    OUT/run_config.yaml            the configuration used
+    OUT/summary.json               per data set: status, reason, outputs
+    OUT/.vollseg.lock              held while a run is active (a second run is refused)
+    OUT/<name>/image.zarr          converted input (non-Zarr inputs only; Zarr inputs are used in place)
+    OUT/<name>/cells/              cell table (Parquet, partitioned by t)
+    OUT/<name>/tracks/             track store (spots/, edges, tracks, tracklets)
+    OUT/<name>/tracks.xml, ctc/, napari_tracks.npz   exports
+    OUT/<name>/analysis/           track analysis tables and plots
+    OUT/<name>/manifest.json       config, versions, inputs, per-stage status, timings, peak memory
+    <store>/labels/<labels_name>   the segmentation (beside the image, NGFF labels group)
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from vollseg_dask.config import StrictModel
+from vollseg_dask.errors import ConfigError, LockedError, StoreNotFoundError
+from vollseg_dask.measure import MeasureConfig
+from vollseg_dask.runtime import ClusterConfig
+from vollseg_dask.segmentation.config import SegmentationConfig
+from vollseg_dask.tracking.config import TrackerConfig
+
+LOG = logging.getLogger(__name__)
+
+__all__ = [
+    "STAGES",
+    "InputConfig",
+    "PredictorConfig",
+    "ExportConfig",
+    "RunConfig",
+    "DatasetReport",
+    "RunReport",
+    "run",
+    "resolve_inputs",
+    "run_lock",
+]
+
+#: pipeline stages in order
+STAGES = ("ingest", "segment", "measure", "track", "analyze", "export")
+_INPUT_SUFFIXES = (".tif", ".tiff", ".h5", ".hdf5", ".npy", ".zarr")
+
+
+class InputConfig(StrictModel):
+    """What to process."""
+
+    path: str = Field(
+        "input.ome.zarr",
+        description="An OME-Zarr store, a TIFF/HDF5/.npy file, a folder of such inputs, or a glob pattern "
+        "(several inputs = batch mode: each is processed as its own data set).",
+    )
+    axes: str | None = Field(None, description="Axes of non-Zarr inputs (e.g. TZYX); default from file metadata.")
+    voxel_size: tuple[float, float, float] | None = Field(
+        None, description="Voxel size (z, y, x) in µm of non-Zarr inputs; default from file metadata."
+    )
+    frame_interval: float | None = Field(None, gt=0, description="Frame interval (s) of non-Zarr inputs.")
+    dataset: str | None = Field(None, description="HDF5 dataset name (default: the only/`raw` image dataset).")
+
+
+class PredictorConfig(StrictModel):
+    """Where the network outputs come from."""
+
+    kind: Literal["network", "ground-truth"] = Field(
+        "network",
+        description="network: StarDist3D + U-Net (+ N2V) models; ground-truth: maps derived from a ground-truth "
+        "labels group (synthetic data, tests and benchmarks only).",
+    )
+    models: str = Field("bundled", description="'bundled' (models shipped in the package) or a folder holding "
+                        "stardist/, unet/ and optionally n2v/ model folders.")
+    denoise: bool = Field(False, description="Run the Noise2Void model first (needs an n2v/ model folder).")
+    ground_truth: str = Field("ground_truth", description="Labels group used by the ground-truth predictor.")
+
+
+class ExportConfig(StrictModel):
+    """Exports written after tracking."""
+
+    formats: list[Literal["trackmate", "ctc", "napari"]] = Field(
+        default_factory=lambda: ["trackmate", "ctc", "napari"], description="Track export formats."
+    )
+    ctc_masks: bool = Field(True, description="Write CTC masks relabelled from the labels group.")
+
+
+class RunConfig(StrictModel):
+    """Configuration of a whole run (``vollseg-dask run CONFIG``)."""
+
+    input: InputConfig = Field(default_factory=InputConfig, description="Input data set(s).")
+    output: str = Field("vollseg_output", description="Output folder (one sub-folder per data set).")
+    labels_name: str = Field("cells", description="Name of the labels group the segmentation writes.")
+    stages: list[Literal["ingest", "segment", "measure", "track", "analyze", "export"]] = Field(
+        default_factory=lambda: list(STAGES), description="Stages to run, in pipeline order."
+    )
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Dask cluster.")
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig, description="Network outputs.")
+    segment: SegmentationConfig = Field(default_factory=SegmentationConfig, description="Segmentation.")
+    measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Cell table.")
+    track: TrackerConfig = Field(default_factory=TrackerConfig, description="Tracking.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="Track exports.")
+
+    @model_validator(mode="after")
+    def _check_names(self) -> RunConfig:
+        if self.labels_name in ("", self.predictor.ground_truth) or "/" in self.labels_name:
+            raise ConfigError(f"labels_name {self.labels_name!r} is empty, has '/', or equals the ground truth")
+        return self
+
+    def model_dump_config(self) -> dict[str, Any]:
+        """JSON-able dict of every setting."""
+        return self.model_dump(mode="json")
+
+
+@dataclass
+class DatasetReport:
+    """Outcome of one data set."""
+
+    name: str
+    input: str
+    status: str = "pending"  # done | failed | pending
+    reason: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class RunReport:
+    """Outcome of :func:`run`."""
+
+    output: Path
+    datasets: list[DatasetReport]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(d.status == "done" for d in self.datasets)
+
+    def summary(self) -> str:
+        """Short human summary: one block per data set with its outputs or failure reason."""
+        lines = [f"vollseg-dask run: {len(self.datasets)} data set(s) in {self.seconds:.1f} s -> {self.output}"]
+        for d in self.datasets:
+            lines.append(f"  [{d.status}] {d.name}  ({d.input})")
+            if d.reason:
+                lines.append(f"      reason: {d.reason}")
+            for stage, rec in d.stages.items():
+                rate = rec.get("voxels_per_s")
+                extra = f", {rate / 1e6:.2f} Mvox/s" if rate else ""
+                lines.append(f"      {stage:<8} {rec.get('status', '?'):<8} {rec.get('wall_s', 0.0):7.1f} s{extra}")
+            for key, path in d.outputs.items():
+                lines.append(f"      {key:<10} {path}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs, lock, manifest
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zattrs").is_file()
+                              or (path / ".zgroup").is_file())
+
+
+def resolve_inputs(spec: str) -> list[Path]:
+    """Expand an input spec into data sets: one store/file, a folder of inputs, or a glob.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing matches.
+    """
+    path = Path(spec).expanduser()
+    if _is_zarr(path) or path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in _INPUT_SUFFIXES and not p.name.startswith("."))
+        if not found:
+            raise StoreNotFoundError(f"folder {path} holds no input ({', '.join(_INPUT_SUFFIXES)})")
+        return found
+    matches = sorted(Path(m) for m in glob.glob(str(path)))
+    matches = [m for m in matches if m.is_file() or _is_zarr(m)]
+    if not matches:
+        raise StoreNotFoundError(f"input {spec!r} matches no file or OME-Zarr store")
+    return matches
+
+
+def _dataset_names(paths: list[Path]) -> list[str]:
+    names: list[str] = []
+    for p in paths:
+        stem = p.name
+        for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", *_INPUT_SUFFIXES):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        base, k = stem or "dataset", 1
+        while stem in names:
+            k += 1
+            stem = f"{base}_{k}"
+        names.append(stem)
+    return names
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[Path]:
+    """Hold ``out/.vollseg.lock`` for the duration; a second live run on ``out`` is refused.
+
+    A lock left by a dead process on this host is taken over (logged).
+
+    Raises
+    ------
+    LockedError
+        Another live run holds the lock.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".vollseg.lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                held = {}
+            if held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"]):
+                LOG.warning("removing stale lock of dead process %s in %s", held["pid"], out)
+                lock.unlink(missing_ok=True)
+                continue
+            raise LockedError(
+                f"{out} is in use by another run (pid {held.get('pid', '?')} on {held.get('host', '?')}); "
+                f"wait for it to finish, or delete {lock} if that run is gone"
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("vollseg-dask", "numpy", "scipy", "scikit-image", "dask", "distributed", "zarr", "ome-zarr",
+                "pandas", "pyarrow", "tensorflow-cpu", "tensorflow", "stardist", "csbdeep"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _fingerprint(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work when the output folder cannot be written."""
+    probe = out / f".write-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreNotFoundError(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
+
+
+def _worker_peak_rss(client: Any) -> dict[str, int]:
+    """Peak resident memory (bytes) of the client process and of each worker process."""
+    import resource
+
+    def peak() -> int:
+        import resource as r
+
+        return int(r.getrusage(r.RUSAGE_SELF).ru_maxrss) * 1024
+
+    out = {"client": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+    if client is not None:
+        try:
+            out.update({str(k): int(v) for k, v in client.run(peak).items()})
+        except Exception as exc:  # a worker that died: the manifest says so rather than failing the run
+            LOG.warning("could not read worker memory: %s", exc)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------
+
+
+class _Dataset:
+    """State of one data set during a run: folders, manifest, stage bookkeeping."""
+
+    def __init__(self, cfg: RunConfig, source: Path, name: str, out: Path) -> None:
+        self.cfg, self.source, self.name = cfg, source, name
+        self.dir = out / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.report = DatasetReport(name=name, input=str(source))
+        self.store: Path = source if _is_zarr(source) else self.dir / "image.zarr"
+        self.manifest_path = self.dir / "manifest.json"
+        self.manifest: dict[str, Any] = {
+            "dataset": name,
+            "input": str(source),
+            "store": str(self.store),
+            "config": cfg.model_dump_config(),
+            "versions": _versions(),
+            "stages": {},
+        }
+        if self.manifest_path.is_file():  # keep what earlier (resumed) runs recorded
+            try:
+                old = json.loads(self.manifest_path.read_text())
+            except (OSError, ValueError):
+                old = {}
+            old.pop("error", None)
+            self.manifest = {**old, **self.manifest, "stages": old.get("stages", {})}
+
+    def done_marker(self, stage: str) -> Path:
+        return self.dir / ".done" / f"{stage}.json"
+
+    def save(self) -> None:
+        _atomic_json(self.manifest_path, self.manifest)
+
+
+def _stage_settings(cfg: RunConfig, stage: str) -> dict[str, Any]:
+    """The settings a stage's result depends on (its done-marker is valid only for these)."""
+    dump = cfg.model_dump_config()
+    base = {"input": dump["input"], "labels_name": cfg.labels_name}
+    per = {
+        "ingest": {},
+        "segment": {"segment": dump["segment"], "predictor": dump["predictor"]},
+        "measure": {"measure": dump["measure"]},
+        "track": {"track": dump["track"]},
+        "analyze": {},
+        "export": {"export": dump["export"]},
+    }[stage]
+    return {**base, **per}
+
+
+def _make_predictor(cfg: RunConfig, store: Path) -> Any:
+    if cfg.predictor.kind == "ground-truth":
+        from vollseg_dask.predictors.ground_truth import GroundTruthPredictor
+
+        return GroundTruthPredictor(str(store), cfg.predictor.ground_truth)
+    from vollseg_dask.predictors.network import NetworkPredictor
+
+    return NetworkPredictor.from_models_dir(cfg.predictor.models, denoise=cfg.predictor.denoise)
+
+
+def _run_stage(ds: _Dataset, stage: str, client: Any, resume: bool) -> None:
+    from vollseg_dask.runtime import StageTimer
+
+    cfg = ds.cfg
+    marker = ds.done_marker(stage)
+    settings = _stage_settings(cfg, stage)
+    fp = _fingerprint(settings)
+    if resume and marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("fingerprint") == fp:
+                rec = dict(ds.manifest["stages"].get(stage, {}))
+                rec["status"] = "skipped"
+                ds.report.stages[stage] = rec
+                _collect_outputs(ds, stage)
+                LOG.info("%s: %s already done, skipped", ds.name, stage)
+                return
+        except (OSError, ValueError):
+            pass
+    marker.unlink(missing_ok=True)
+    record: dict[str, dict[str, Any]] = {}
+    with StageTimer(stage, record) as timer:
+        voxels = _STAGE_FUNCS[stage](ds, client, resume)
+        if voxels:
+            timer.add_voxels(int(voxels))
+    rec = record[stage]
+    rec["status"] = "done"
+    ds.manifest["stages"][stage] = rec
+    ds.report.stages[stage] = rec
+    _collect_outputs(ds, stage)
+    marker.parent.mkdir(exist_ok=True)
+    _atomic_json(marker, {"fingerprint": fp, "settings": settings, "finished": time.time()})
+    ds.save()
+
+
+def _image_voxels(store: Path) -> int:
+    from vollseg_dask.io.omezarr import open_image
+
+    img = open_image(store)
+    n = 1
+    for ax, s in zip(img.axes, img.data.shape, strict=True):
+        if ax != "c":
+            n *= int(s)
+    return n
+
+
+def _stage_ingest(ds: _Dataset, client: Any, resume: bool) -> int:
+    from vollseg_dask.io.omezarr import open_image
+
+    if _is_zarr(ds.source):
+        open_image(ds.source)  # validates axes and metadata up front
+        return 0
+    from vollseg_dask.io.ingest import convert
+
+    i = ds.cfg.input
+    convert(ds.source, ds.store, axes=i.axes, voxel_size=i.voxel_size, frame_interval=i.frame_interval,
+            dataset=i.dataset, overwrite=True)
+    return _image_voxels(ds.store)
+
+
+def _stage_segment(ds: _Dataset, client: Any, resume: bool) -> int:
+    from vollseg_dask.segmentation import segment
+
+    res = segment(ds.store, ds.cfg.labels_name, _make_predictor(ds.cfg, ds.store), ds.cfg.segment, client,
+                  overwrite=not resume)
+    ds.manifest["segment_blocks"] = {
+        "n_blocks": res.n_blocks,
+        "n_tasks": res.n_tasks,
+        "n_objects": {str(k): v for k, v in res.n_objects.items()},
+        "certificates": res.certificates,
+        "all_certified": res.all_certified,
+        "timings": res.timings,
+    }
+    return _image_voxels(ds.store)
+
+
+def _stage_measure(ds: _Dataset, client: Any, resume: bool) -> int:
+    from vollseg_dask.measure import measure_cells
+
+    cfg = ds.cfg.measure.model_copy(update={"labels": ds.cfg.labels_name})
+    res = measure_cells(ds.store, ds.dir / "cells", config=cfg, overwrite=not resume,
+                        csv_btrackmate=ds.dir / "cells_btrackmate.csv")
+    ds.manifest["measure_rows"] = res.n_rows
+    return int(res.voxels)
+
+
+def _stage_track(ds: _Dataset, client: Any, resume: bool) -> int:
+    from vollseg_dask.tracking import track
+
+    res = track(ds.dir / "cells", ds.dir / "tracks", ds.cfg.track, overwrite=True, progress=None)
+    ds.manifest["tracking"] = {k: v for k, v in vars(res).items() if isinstance(v, int | float | str)}
+    return 0
+
+
+def _stage_analyze(ds: _Dataset, client: Any, resume: bool) -> int:
+    from vollseg_dask.analysis import analyze_tracks
+
+    analyze_tracks(ds.dir / "tracks", ds.dir / "analysis", overwrite=True)
+    return 0
+
+
+def _stage_export(ds: _Dataset, client: Any, resume: bool) -> int:
+    from vollseg_dask.io.tracks import read_tracks
+
+    data = read_tracks(ds.dir / "tracks")
+    formats = ds.cfg.export.formats
+    if "trackmate" in formats:
+        from vollseg_dask.io.omezarr import open_image
+        from vollseg_dask.io.trackmate_xml import write_trackmate_xml
+
+        img = open_image(ds.store)
+        shape = dict(zip(img.axes, img.data.shape, strict=True))
+        vz, vy, vx = img.voxel_size
+        image_data = {
+            "filename": ds.store.name, "folder": str(ds.store.parent),
+            "width": shape.get("x", 1), "height": shape.get("y", 1), "nslices": shape.get("z", 1),
+            "nframes": shape.get("t", 1), "pixelwidth": vx, "pixelheight": vy, "voxeldepth": vz,
+            "timeinterval": img.frame_interval or 1.0,
+        }
+        write_trackmate_xml(ds.dir / "tracks.xml", data, image_data=image_data,
+                            tracker_settings=ds.cfg.track.to_trackmate())
+    if "napari" in formats:
+        from vollseg_dask.io.napari_tracks import write_napari_tracks
+        from vollseg_dask.tracking.napari import to_napari_tracks
+
+        write_napari_tracks(ds.dir / "napari_tracks.npz", *to_napari_tracks(data))
+    if "ctc" in formats:
+        from vollseg_dask.io.ctc import write_ctc
+
+        labels = None
+        if ds.cfg.export.ctc_masks:
+            from vollseg_dask.io.omezarr import open_labels
+
+            lab = open_labels(ds.store, ds.cfg.labels_name)
+            labels = lab.data[:, 0] if "c" in lab.axes else lab.data
+        write_ctc(ds.dir / "ctc", data, labels=labels, overwrite=True)
+    return 0
+
+
+_STAGE_FUNCS = {
+    "ingest": _stage_ingest,
+    "segment": _stage_segment,
+    "measure": _stage_measure,
+    "track": _stage_track,
+    "analyze": _stage_analyze,
+    "export": _stage_export,
+}
+
+
+def _collect_outputs(ds: _Dataset, stage: str) -> None:
+    o = ds.report.outputs
+    if stage == "ingest":
+        o["image"] = str(ds.store)
+    elif stage == "segment":
+        o["labels"] = f"{ds.store}/labels/{ds.cfg.labels_name}"
+    elif stage == "measure":
+        o["cells"] = str(ds.dir / "cells")
+        o["btrackmate"] = str(ds.dir / "cells_btrackmate.csv")
+    elif stage == "track":
+        o["tracks"] = str(ds.dir / "tracks")
+    elif stage == "analyze":
+        o["analysis"] = str(ds.dir / "analysis")
+    elif stage == "export":
+        for fmt, rel in (("trackmate", "tracks.xml"), ("ctc", "ctc"), ("napari", "napari_tracks.npz")):
+            if fmt in ds.cfg.export.formats:
+                o[fmt] = str(ds.dir / rel)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def run(config: RunConfig | dict[str, Any] | str | os.PathLike[str], *, client: Any = None,
+        resume: bool = True) -> RunReport:
+    """Run the pipeline described by ``config`` on every input data set.
+
+    Parameters
+    ----------
+    config : RunConfig, dict, or path of a YAML/TOML file
+        The run's settings; saved as ``OUT/run_config.yaml``.
+    client : distributed.Client, address, ClusterConfig or None
+        Where to compute; ``None`` = ``config.cluster`` (default: a local cluster sized to the
+        machine). A client or cluster passed in is never closed.
+    resume : bool
+        Skip stages (and blocks, time points) that a previous run with the same settings finished.
+        ``False`` recomputes everything.
+
+    Returns
+    -------
+    RunReport
+        Per data set: status, failure reason, outputs, stage timings.
+
+    Raises
+    ------
+    LockedError
+        Another run is using the output folder.
+    StoreNotFoundError
+        No input matches, or the output folder is not writable.
+    """
+    from vollseg_dask.config import load_config, parse_config, save_config
+    from vollseg_dask.runtime import get_client
+
+    if isinstance(config, RunConfig):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = parse_config(RunConfig, config, source="run config")
+    else:
+        cfg = load_config(RunConfig, config)
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stages {unknown}; choose from {STAGES}")
+    stages = [s for s in STAGES if s in cfg.stages]
+
+    out = Path(cfg.output).expanduser()
+    inputs = resolve_inputs(cfg.input.path)
+    _check_writable(out)
+    t0 = time.perf_counter()
+    reports: list[DatasetReport] = []
+    with run_lock(out):
+        save_config(cfg, out / "run_config.yaml")
+        with get_client(client if client is not None else cfg.cluster) as dask_client:
+            for source, name in zip(inputs, _dataset_names(inputs), strict=True):
+                ds = _Dataset(cfg, source, name, out)
+                reports.append(ds.report)
+                try:
+                    for stage in stages:
+                        _run_stage(ds, stage, dask_client, resume)
+                    ds.report.status = "done"
+                except Exception as exc:
+                    # A failing data set must not stop the batch: record why and go on.
+                    ds.report.status = "failed"
+                    ds.report.reason = f"{type(exc).__name__}: {exc}"
+                    ds.manifest["error"] = {"reason": ds.report.reason, "traceback": traceback.format_exc()}
+                    LOG.error("data set %s failed: %s", name, ds.report.reason)
+                ds.manifest["status"] = ds.report.status
+                ds.manifest["peak_rss_bytes"] = _worker_peak_rss(dask_client)
+                ds.save()
+        report = RunReport(output=out, datasets=reports, seconds=time.perf_counter() - t0)
+        _atomic_json(out / "summary.json", {
+            "seconds": report.seconds,
+            "datasets": [vars(d) for d in reports],
+        })
+    return report
