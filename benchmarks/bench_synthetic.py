@@ -1,0 +1,115 @@
+"""Peak memory of ``write_synthetic`` at store sizes S and 4·S: it must stay flat (goal: ratio ≤ 1.2).
+
+Each write runs in a fresh subprocess that reports its resident memory after imports and a tiny
+warm-up write (``baseline``) and its lifetime peak (VmHWM). The 4·S store has twice the z extent
+and twice the y extent of the S store (same frames, chunks and cell size, so 4× the cells,
+tasks and bytes). Also reported: voxels per second and the store size on disk. Printed as JSON::
+
+    python -m benchmarks.bench_synthetic [--shape 2,16,256,256] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process (Linux VmHWM; ru_maxrss elsewhere), bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def _config(shape: list[int], chunks: list[int]) -> dict[str, Any]:
+    return {"shape": shape, "cell_diameter_um": 9.0, "tissue_radii": [1.2, 1.2, 1.2], "chunks": chunks,
+            "division_rate": 0.05, "seed": 1}
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _child(out: str, shape: list[int], chunks: list[int], workers: int) -> dict[str, Any]:
+    """Runs inside the subprocess: warm up, write, report memory."""
+    import psutil
+
+    from vollseg_dask.synthetic import write_synthetic
+
+    warm = Path(out).with_name(Path(out).stem + "-warmup.zarr")
+    write_synthetic(warm, _config([1, 8, 64, 64], [8, 64, 64]), scheduler="threads", num_workers=workers,
+                    overwrite=True, progress=False)
+    baseline = psutil.Process().memory_info().rss
+    start = time.perf_counter()
+    res = write_synthetic(out, _config(shape, chunks), scheduler="threads", num_workers=workers, overwrite=True,
+                          progress=False)
+    seconds = time.perf_counter() - start
+    peak = _peak_rss()
+    voxels = 1
+    for s in shape:
+        voxels *= s
+    return {"baseline_rss": baseline, "peak_rss": peak, "seconds": seconds, "shape": shape, "voxels": voxels,
+            "tasks": res.n_tasks, "tracks": res.n_tracks, "divisions": res.n_divisions,
+            "store_bytes": _du(Path(out)), "voxels_per_s": voxels / seconds}
+
+
+def _run_child(out: Path, shape: list[int], chunks: list[int], workers: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.bench_synthetic", "--child", str(out), "--shape",
+           ",".join(map(str, shape)), "--chunks", ",".join(map(str, chunks)), "--workers", str(workers)]
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"child failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Measure and print (as JSON) the peak RSS of write_synthetic at sizes S and 4·S."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="2,16,256,256", help="S: T,Z,Y,X of the small store")
+    parser.add_argument("--chunks", default="16,128,128", help="spatial chunks Z,Y,X (both stores)")
+    parser.add_argument("--workers", type=int, default=2, help="threads of the local scheduler")
+    parser.add_argument("--workdir", default=None, help="folder for the stores (default: a temp dir)")
+    parser.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    shape = [int(v) for v in args.shape.split(",")]
+    chunks = [int(v) for v in args.chunks.split(",")]
+
+    if args.child:
+        result = _child(args.child, shape, chunks, args.workers)
+        print(json.dumps(result))
+        return result
+
+    big = [shape[0], 2 * shape[1], 2 * shape[2], shape[3]]
+    report: dict[str, Any] = {"benchmark": "write_synthetic peak RSS vs store size", "chunks": chunks,
+                              "workers": args.workers, "cpu_count": os.cpu_count(), "results": {}}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        runs: dict[str, Any] = {}
+        for label, shp in (("S", shape), ("4S", big)):
+            r = _run_child(Path(tmp) / f"syn_{label}.zarr", shp, chunks, args.workers)
+            r["peak_delta"] = r["peak_rss"] - r["baseline_rss"]
+            runs[label] = r
+        runs["peak_rss_ratio_4S_over_S"] = runs["4S"]["peak_rss"] / runs["S"]["peak_rss"]
+        runs["peak_delta_ratio_4S_over_S"] = runs["4S"]["peak_delta"] / max(runs["S"]["peak_delta"], 1)
+        runs["store_bytes_ratio_4S_over_S"] = runs["4S"]["store_bytes"] / runs["S"]["store_bytes"]
+        runs["goal_met"] = runs["peak_rss_ratio_4S_over_S"] <= 1.2
+        report["results"] = runs
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
