@@ -1,0 +1,127 @@
+"""``vollseg-dask segment``: block-wise VollSeg segmentation of an OME-Zarr store into a labels group."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from vollseg_dask.errors import ConfigError
+
+
+def _parse_triple(text: str | None, name: str) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{name} must be three comma-separated integers Z,Y,X, got {text!r}") from None
+    if len(values) != 3:
+        raise ConfigError(f"{name} must be three comma-separated integers Z,Y,X, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def network_predictor(models: str):
+    """The network-backed predictor for ``--models DIR|bundled``, or a clear error while it is absent."""
+    import importlib
+
+    from vollseg_dask.errors import MissingDependencyError, ModelNotFoundError
+
+    if models != "bundled" and not Path(models).is_dir():
+        raise ModelNotFoundError(f"model folder {models!r} does not exist")
+    try:
+        module = importlib.import_module("vollseg_dask.predictors.network")
+    except ModuleNotFoundError as exc:
+        if exc.name != "vollseg_dask.predictors.network":
+            raise
+        module = None
+    factory = getattr(module, "predictor_from_models", None) if module is not None else None
+    if factory is None:
+        raise MissingDependencyError(
+            "the network predictor (StarDist3D/U-Net/N2V inference) is not available in this installation yet; "
+            "use --predictor ground-truth for synthetic data with ground-truth labels"
+        )
+    return factory(models)
+
+
+@click.command(name="segment")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--out", "out_name", required=True, help="Name of the labels group to write.")
+@click.option("--models", default=None, help="Model folder (StarDist/U-Net/N2V) or 'bundled'.")
+@click.option("--predictor", "predictor_kind", type=click.Choice(["ground-truth"]), default=None,
+              help="Derive the network outputs from ground-truth labels in the store (tests, benchmarks).")
+@click.option("--gt-labels", default="ground_truth", show_default=True,
+              help="Labels group the ground-truth predictor reads.")
+@click.option("--drop-fraction", type=float, default=0.0, show_default=True,
+              help="Ground-truth predictor: fraction of StarDist objects removed.")
+@click.option("--merge-fraction", type=float, default=0.0, show_default=True,
+              help="Ground-truth predictor: fraction of touching cell pairs the U-Net merges.")
+@click.option("--false-rate", type=float, default=0.0, show_default=True,
+              help="Ground-truth predictor: false candidates per 16^3 lattice cell.")
+@click.option("--noise", type=float, default=0.0, show_default=True,
+              help="Ground-truth predictor: noise std on the probability maps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Ground-truth predictor perturbation seed.")
+@click.option("--n-rays", type=int, default=96, show_default=True, help="Ground-truth predictor: StarDist rays.")
+@click.option("--mode", type=click.Choice(["vollseg", "stardist", "unet"]), default=None,
+              help="Segmentation mode (default: the config's, vollseg).")
+@click.option("--block", default=None, help="Block core shape Z,Y,X (overrides the config).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SegmentationConfig file (.yaml/.toml).")
+@click.option("--workers", type=int, default=None, help="Local Dask workers (default: sized to the machine).")
+@click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
+@click.option("--overwrite", is_flag=True, help="Replace existing labels / a previous run with other settings.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON.")
+def command(store: Path, out_name: str, models: str | None, predictor_kind: str | None, gt_labels: str,
+            drop_fraction: float, merge_fraction: float, false_rate: float, noise: float, seed: int, n_rays: int,
+            mode: str | None, block: str | None, config_file: Path | None, workers: int | None,
+            scheduler: str | None, overwrite: bool, as_json: bool) -> None:
+    """Segment STORE block by block (VollSeg) into labels group --out."""
+    from vollseg_dask.config import load_config
+    from vollseg_dask.segmentation import SegmentationConfig, segment
+
+    if (models is None) == (predictor_kind is None):
+        raise ConfigError("give exactly one of --models DIR|bundled or --predictor ground-truth")
+    cfg = load_config(SegmentationConfig, config_file) if config_file is not None else SegmentationConfig()
+    updates: dict[str, object] = {}
+    if mode is not None:
+        updates["mode"] = mode
+    block_shape = _parse_triple(block, "--block")
+    if block_shape is not None:
+        updates["block_shape"] = block_shape
+    if updates:
+        from vollseg_dask.config import parse_config
+
+        cfg = parse_config(SegmentationConfig, {**cfg.model_dump(), **updates}, source="command line")
+    if models is not None:
+        predictor = network_predictor(models)
+    else:
+        from vollseg_dask.predictors.ground_truth import GroundTruthPredictor
+
+        predictor = GroundTruthPredictor(str(store), gt_labels, n_rays=n_rays, seed=seed, drop_fraction=drop_fraction,
+                                         merge_fraction=merge_fraction, false_rate=false_rate, noise=noise)
+    client: object
+    if scheduler is not None:
+        client = scheduler
+    else:
+        client = {"kind": "local", "n_workers": workers} if workers is not None else None
+    result = segment(str(store), out_name, predictor, cfg, client=client, overwrite=overwrite)
+    summary = {
+        "labels": f"{store}/labels/{out_name}",
+        "n_objects": {str(k): v for k, v in result.n_objects.items()},
+        "blocks": result.n_blocks,
+        "tasks": result.n_tasks,
+        "certified": result.all_certified,
+        "certificates": {s: sum(1 for c in result.certificates.values() if c["status"] == s)
+                         for s in ("exact", "agreed", "disagree")},
+        "timings": {k: round(v["wall_s"], 3) for k, v in result.timings.items()},
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+    else:
+        from vollseg_dask.runtime import format_stage_summary
+
+        click.echo(f"wrote {summary['labels']}: {summary['n_objects']} objects, {result.n_blocks} blocks, "
+                   f"certificates {summary['certificates']}")
+        if result.timings:
+            click.echo(format_stage_summary(result.timings))

@@ -1,0 +1,71 @@
+"""Configuration of the VollSeg segmentation stages S1-S6."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from vollseg_dask.config import StrictModel
+
+__all__ = ["SegmentationConfig"]
+
+
+class SegmentationConfig(StrictModel):
+    """Parameters of :func:`vollseg_dask.segmentation.segment`, saved beside its result."""
+
+    mode: Literal["vollseg", "stardist", "unet"] = Field(
+        "vollseg",
+        description="vollseg: StarDist seeds + U-Net seed pooling + watershed in the U-Net mask; "
+        "stardist: rendered StarDist polyhedra only; unet: U-Net connected components only.",
+    )
+    block_shape: tuple[int, int, int] = Field((64, 256, 256), description="Core shape (z, y, x) of a block, voxels.")
+    grid_origin: tuple[int, int, int] = Field(
+        (0, 0, 0), description="Offset of the block grid (boundaries at origin + k*block_shape); moves the seams."
+    )
+    channel: int = Field(0, ge=0, description="Image channel fed to the predictor (when the image has a c axis).")
+    prob_threshold: float | None = Field(
+        None, ge=0, le=1, description="StarDist candidate probability threshold; None = the predictor's default."
+    )
+    nms_threshold: float | None = Field(
+        None, ge=0, le=1, description="StarDist NMS overlap threshold; None = the predictor's default."
+    )
+    nms_scope: Literal["auto", "global", "block"] = Field(
+        "auto",
+        description="global: one NMS per time point over all candidates (exact); block: per block with centre "
+        "ownership (approximate fallback); auto: global unless the candidates exceed nms_memory_budget_mb.",
+    )
+    nms_memory_budget_mb: float = Field(1024.0, gt=0, description="Candidate bytes per time point above which "
+                                        "auto NMS goes block-wise.")
+    nms_halo: int | None = Field(None, ge=0, description="Context of block-wise NMS, voxels; None = twice the "
+                                 "largest ray length.")
+    unet_threshold: float = Field(0.5, ge=0, le=1, description="U-Net foreground threshold (mask = prob > it).")
+    connectivity: Literal[6, 26] = Field(26, description="Voxel adjacency of U-Net connected components.")
+    seed_pooling: bool = Field(True, description="Add the centroid of every U-Net component whose bounding box "
+                               "holds no StarDist centre to the seeds (VollSeg).")
+    refine_mask: bool = Field(False, description="Later VollSeg refinement: StarDist cells whose bounding box "
+                              "holds no U-Net centroid are added into the mask.")
+    flood: Literal["probability", "distance"] = Field(
+        "probability", description="Watershed on the negated StarDist probability or the negated distance map."
+    )
+    marker_radius: int = Field(2, ge=0, description="Seeds are dilated by a ball of this radius (voxels).")
+    watershed_connectivity: Literal[6, 26] = Field(6, description="Voxel adjacency of the watershed flood.")
+    halo: tuple[int, int, int] = Field((16, 32, 32), description="Watershed halo (z, y, x) in voxels; at least "
+                                       "the basin reach. Uncertified blocks escalate with a doubled halo.")
+    max_escalations: int = Field(2, ge=0, le=6, description="Times an uncertified block's halo may be doubled.")
+    min_size: int = Field(0, ge=0, description="Objects with fewer voxels (3-D) are removed.")
+    max_size: int | None = Field(None, ge=1, description="Objects with more voxels (3-D) are removed; None = no limit.")
+    min_z_extent: int = Field(1, ge=1, description="Objects spanning fewer z slices are removed.")
+    pyramid: bool = Field(True, description="Fill the label pyramid levels (nearest) after level 0.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SegmentationConfig:
+        from vollseg_dask.errors import ConfigError
+
+        if any(b < 1 for b in self.block_shape):
+            raise ConfigError(f"block_shape {self.block_shape} must be positive")
+        if any(h < 0 for h in self.halo):
+            raise ConfigError(f"halo {self.halo} must be non-negative")
+        if self.max_size is not None and self.max_size < self.min_size:
+            raise ConfigError(f"max_size {self.max_size} is below min_size {self.min_size}")
+        return self

@@ -1,0 +1,157 @@
+"""Where a segmentation run keeps its intermediate products, and how it marks units as done.
+
+Everything lives under ``<store>/.vollseg/<labels name>/`` (a hidden folder beside the image)::
+
+    fingerprint.json        config + predictor + input identity; a resumed run must match it
+    config.yaml             the SegmentationConfig
+    manifest.json           versions, per-stage timings, per-block certificates (written at the end)
+    arrays (zarr v3, shape (T, Z, Y, X)):
+        prob  float32       StarDist probability (S1)
+        mask  uint8         U-Net foreground > threshold (S1)
+        distance float32    distance map (S1, only when flooding the distance map)
+        cc    uint64        U-Net components, per-block coordinate IDs (S3)
+        prov  uint64        provisional object IDs: watershed / rendered polyhedra (S5)
+    tables (Parquet):
+        candidates/t<T>/<block>.parquet   StarDist candidates owned by a block (S1)
+        stardist/t<T>.parquet             polyhedra kept by NMS (S2)
+        cc_tables/t<T>/<block>.parquet    per-block component sums and boxes (S3)
+        cc_edges/t<T>/<block>.parquet     cross-block equivalences (S3)
+        components/t<T>.parquet           merged components: root ID, count, centroid, box (S3)
+        cc_roots/t<T>.parquet             per-block map local ID -> root ID (S3)
+        seeds/t<T>.parquet                watershed seeds (S4)
+        refine/t<T>.parquet               StarDist polyhedra added into the mask (S4, optional)
+        sizes/t<T>/<block>.parquet        per-block size tables (S6)
+    ws_read/  read-region watershed results of blocks that are not provably exact (agreement check)
+    done/<stage>/t<T>.<block>.json        done-markers with the unit's result (certificate, counts)
+    state/ws_levels_t<T>.json             halo escalation plan, persisted before it is executed
+
+Every file is written beside its final name and renamed into place, so a killed run never leaves a
+half-written table or marker; array chunks are rewritten whole by a re-run of an unfinished unit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RunLayout", "write_table", "read_table", "atomic_write_text"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_table(path: Path, columns: Mapping[str, np.ndarray], *, list_columns: Mapping[str, np.ndarray] | None = None) -> None:
+    """Write columns (and fixed-size list columns, e.g. ray lengths (N, R)) as Parquet, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {k: pa.array(np.asarray(v)) for k, v in columns.items()}
+    for k, v in (list_columns or {}).items():
+        v = np.ascontiguousarray(v)
+        flat = pa.array(v.reshape(-1))
+        arrays[k] = pa.FixedSizeListArray.from_arrays(flat, int(v.shape[1]))
+    table = pa.table(arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(table, tmp, row_group_size=65536)
+    os.replace(tmp, path)
+
+
+def read_table(path: Path | list[Path], *, filters: list | None = None, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Read Parquet file(s) into NumPy columns; fixed-size list columns come back as 2-D arrays."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = path if isinstance(path, list) else [path]
+    tables = [pq.read_table(p, filters=filters, columns=columns) for p in paths]
+    if not tables:
+        return {}
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    out: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(col.type):
+            width = col.type.list_size
+            values = col.flatten().to_numpy(zero_copy_only=False)
+            out[name] = values.reshape(-1, width)
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
+class RunLayout:
+    """Paths of one run's intermediates (picklable: only strings)."""
+
+    def __init__(self, store: str | os.PathLike[str], name: str) -> None:
+        self.store = str(Path(store))
+        self.name = name
+        self.root = str(Path(store) / ".vollseg" / name)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root)
+
+    def array_path(self, name: str) -> str:
+        return str(self.path / name)
+
+    def open_array(self, name: str, mode: str = "r"):
+        import zarr
+
+        return zarr.open_array(store=self.array_path(name), mode=mode)
+
+    def create_array(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str):
+        import zarr
+
+        path = self.array_path(name)
+        if Path(path).exists():
+            arr = zarr.open_array(store=path, mode="r+")
+            if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == tuple(chunks) and str(arr.dtype) == dtype:
+                return arr
+            shutil.rmtree(path)
+        return zarr.create_array(store=path, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                                 zarr_format=3)
+
+    def table(self, kind: str, t: int, block: str | None = None) -> Path:
+        if block is None:
+            return self.path / kind / f"t{t}.parquet"
+        return self.path / kind / f"t{t}" / f"{block}.parquet"
+
+    def tables(self, kind: str, t: int) -> list[Path]:
+        folder = self.path / kind / f"t{t}"
+        return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+    def marker(self, stage: str, t: int, block: str | None = None) -> Path:
+        name = f"t{t}.json" if block is None else f"t{t}.{block}.json"
+        return self.path / "done" / stage / name
+
+    def is_done(self, stage: str, t: int, block: str | None = None) -> bool:
+        return self.marker(stage, t, block).is_file()
+
+    def read_marker(self, stage: str, t: int, block: str | None = None) -> dict[str, Any] | None:
+        p = self.marker(stage, t, block)
+        if not p.is_file():
+            return None
+        return json.loads(p.read_text(encoding="utf-8"))
+
+    def mark_done(self, stage: str, t: int, block: str | None = None, info: Mapping[str, Any] | None = None) -> None:
+        atomic_write_text(self.marker(stage, t, block), json.dumps(dict(info or {}), sort_keys=True))
+
+    def clear_stage(self, stage: str) -> None:
+        shutil.rmtree(self.path / "done" / stage, ignore_errors=True)
+
+    def ws_read(self, t: int, block: str, level: int) -> Path:
+        return self.path / "ws_read" / f"t{t}.{block}.L{level}.npz"
+
+    def state(self, name: str) -> Path:
+        return self.path / "state" / name
