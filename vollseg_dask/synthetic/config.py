@@ -22,6 +22,10 @@ class SyntheticConfig(StrictModel):
     chains of sites (rods and L, Z, U shapes: not star-convex); walls are curved by a smooth
     warp of space. The tissue moves with a smooth oscillating flow plus a small per-site jitter;
     cells divide (see ``division_rate``).
+
+    A cell exists only if it owns a voxel inside the image and the tissue at *every* frame (checked
+    exactly, see :mod:`vollseg_dask.synthetic.cells`); so the same config with more frames can
+    hold slightly fewer cells, and ``shape[0]`` is part of what defines a data set.
     """
 
     shape: tuple[int, int, int, int] = Field(
