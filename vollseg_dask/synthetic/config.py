@@ -63,7 +63,7 @@ class SyntheticConfig(StrictModel):
 
     # --- cell shape -----------------------------------------------------------------------
     lattice_jitter: float = Field(
-        0.2, ge=0.0, le=0.25, description="Random displacement of each lattice site, fraction of the site spacing.")
+        0.25, ge=0.0, le=0.3, description="Random displacement of each lattice site, fraction of the site spacing.")
     chain_probability: float = Field(
         0.35, ge=0.0, le=1.0,
         description="Probability that a site starts a multi-site (bent, non-convex) cell.")
@@ -106,7 +106,7 @@ class SyntheticConfig(StrictModel):
     nucleus_channel: bool = Field(
         False, description="Add a second channel with a blurred ellipsoidal nucleus in each cell (axes tczyx).")
     nucleus_radius: float = Field(
-        0.28, gt=0.0, le=0.45, description="Nucleus radius as a fraction of the site spacing.")
+        0.38, gt=0.0, le=0.45, description="Nucleus radius as a fraction of the site spacing.")
 
     # --- storage --------------------------------------------------------------------------
     chunks: tuple[int, int, int] | None = Field(
