@@ -19,6 +19,7 @@ Coordinates are voxels (z, y, x), integers for object centres.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -342,12 +343,13 @@ def boxes_containing_points(boxes: np.ndarray, points: np.ndarray) -> np.ndarray
     half = (boxes[:, 3:] - boxes[:, :3]) / 2
     # Chebyshev ball of radius max half-width covers the box; exact check on the few returned.
     radius = half.max(axis=1) + 1e-9
-    for j, cand in enumerate(tree.query_ball_point(centre, radius, p=np.inf)):
-        if not cand:
-            continue
-        p = points[cand]
-        inside = (p >= boxes[j, :3]).all(axis=1) & (p <= boxes[j, 3:]).all(axis=1)
-        hit[j] = bool(inside.any())
+    lists = tree.query_ball_point(centre, radius, p=np.inf)
+    lens = np.fromiter((len(c) for c in lists), np.int64, count=len(lists))
+    flat = np.fromiter(itertools.chain.from_iterable(lists), np.int64, count=int(lens.sum()))
+    owner = np.repeat(np.arange(len(boxes)), lens)
+    p = points[flat]
+    inside = (p >= boxes[owner, :3]).all(axis=1) & (p <= boxes[owner, 3:]).all(axis=1)
+    hit[np.unique(owner[inside])] = True
     return hit
 
 

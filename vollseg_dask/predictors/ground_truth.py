@@ -3,8 +3,8 @@
 It is *not* a replacement for the networks; it exercises the segmentation engine with maps whose
 ideal answer is known, plus controlled, seeded perturbations:
 
-* **StarDist probability** - per object, the Euclidean distance transform normalised by its
-  maximum (1 at the object's centre, falling towards its border), 0 on background;
+* **StarDist probability** - per object, the Euclidean distance transform (:func:`object_edt`)
+  normalised by its maximum (1 at the object's centre, falling towards its border), 0 on background;
 * **StarDist candidates** - one per object, at the object's EDT maximum (first in raster order),
   with its exact ray lengths (:func:`vollseg_dask.kernels.seeds.ray_distances`, equal to StarDist's
   ``star_dist3D``);
@@ -45,6 +45,7 @@ __all__ = [
     "ground_truth_maps",
     "hash_uniform",
     "membrane_boundary",
+    "object_edt",
     "unet_foreground",
     "FALSE_CELL",
 ]
@@ -94,7 +95,8 @@ def _linear_index(shape_core: Sequence[int], origin: Sequence[int], volume_shape
     return (z * Y + y) * X + x
 
 
-def membrane_boundary(labels: np.ndarray, *, seed: int = 0, t: int = 0, merge_fraction: float = 0.0) -> np.ndarray:
+def membrane_boundary(labels: np.ndarray, *, seed: int = 0, t: int = 0, merge_fraction: float = 0.0,
+                      connectivity: int = 26) -> np.ndarray:
     """Voxels a membrane U-Net would call background: the raster-earlier voxel of every touching pair.
 
     Parameters
@@ -105,6 +107,10 @@ def membrane_boundary(labels: np.ndarray, *, seed: int = 0, t: int = 0, merge_fr
         Perturbation seed and time index.
     merge_fraction : float
         Fraction of touching label pairs left unseparated (by a hash of the pair).
+    connectivity : {6, 26}
+        Touching pairs considered: face neighbours only (a one-voxel wall that separates objects
+        under 6-connectivity) or all 26 neighbours (separates them under 26-connectivity too, at the
+        price of a thicker wall where interfaces are oblique).
 
     Returns
     -------
@@ -112,13 +118,11 @@ def membrane_boundary(labels: np.ndarray, *, seed: int = 0, t: int = 0, merge_fr
         True on boundary voxels. The last plane along each axis has no forward neighbours inside the
         array, so compute on a region grown by one voxel and crop.
     """
+    from vollseg_dask.kernels.components import forward_offsets
+
     labels = np.asarray(labels)
     out = np.zeros(labels.shape, bool)
-    offsets = [d for d in np.ndindex(3, 3, 3)]
-    for dz, dy, dx in offsets:
-        d = (dz - 1, dy - 1, dx - 1)
-        if not any(d) or next(v for v in d if v) != 1:
-            continue  # forward half of the 26-neighbourhood
+    for d in forward_offsets(connectivity):
         src = tuple(slice(max(0, -v), s - max(0, v)) for v, s in zip(d, labels.shape, strict=True))
         dst = tuple(slice(max(0, v), s - max(0, -v)) for v, s in zip(d, labels.shape, strict=True))
         a = labels[src]
@@ -134,7 +138,8 @@ def membrane_boundary(labels: np.ndarray, *, seed: int = 0, t: int = 0, merge_fr
     return out
 
 
-def unet_foreground(labels: np.ndarray, *, seed: int = 0, t: int = 0, merge_fraction: float = 0.0) -> np.ndarray:
+def unet_foreground(labels: np.ndarray, *, seed: int = 0, t: int = 0, merge_fraction: float = 0.0,
+                    connectivity: int = 26) -> np.ndarray:
     """Ideal membrane U-Net mask: objects minus the boundaries between touching objects.
 
     For a merged pair (``merge_fraction``, hashed per pair) the boundary is kept as foreground and
@@ -146,6 +151,8 @@ def unet_foreground(labels: np.ndarray, *, seed: int = 0, t: int = 0, merge_frac
     labels : numpy.ndarray, shape (z, y, x), integer
     seed, t : int
     merge_fraction : float
+    connectivity : {6, 26}
+        Of the boundary (see :func:`membrane_boundary`).
 
     Returns
     -------
@@ -153,7 +160,8 @@ def unet_foreground(labels: np.ndarray, *, seed: int = 0, t: int = 0, merge_frac
         Valid one voxel inside the array border (compute on a grown region and crop).
     """
     labels = np.asarray(labels)
-    fg = (labels != 0) & ~membrane_boundary(labels, seed=seed, t=t, merge_fraction=merge_fraction)
+    fg = (labels != 0) & ~membrane_boundary(labels, seed=seed, t=t, merge_fraction=merge_fraction,
+                                            connectivity=connectivity)
     if merge_fraction > 0:
         big = np.iinfo(labels.dtype).max if labels.dtype.kind in "iu" else np.inf
         lo = ndimage.minimum_filter(np.where(labels == 0, big, labels), size=3, mode="nearest")
@@ -168,10 +176,47 @@ def unet_foreground(labels: np.ndarray, *, seed: int = 0, t: int = 0, merge_frac
     return fg
 
 
+def object_edt(labels: np.ndarray, volume_faces: Sequence[tuple[bool, bool]] | None = None) -> np.ndarray:
+    """Euclidean distance of every object voxel to the nearest voxel outside the objects' interiors.
+
+    The "outside" is the background, the voxels of an object that face (6-adjacent) a different
+    object, and, on faces of ``labels`` that are the volume's border (``volume_faces``), everything
+    beyond the array. One EDT for all objects (no per-object loop); inside each object it falls to
+    0-1 at the object's surface and peaks at its centre.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray, shape (z, y, x), integer
+    volume_faces : sequence of 3 (bool, bool), optional
+        Per axis, whether the low/high face of the array is the volume border (default: all).
+
+    Returns
+    -------
+    numpy.ndarray, shape (z, y, x), float32
+        0 on background. Exact for every object that lies inside the array away from faces that
+        are not volume borders.
+    """
+    labels = np.asarray(labels)
+    faces = volume_faces if volume_faces is not None else [(True, True)] * 3
+    pad = [(int(lo), int(hi)) for lo, hi in faces]
+    lp = np.pad(labels, pad)
+    inner = lp != 0
+    for ax in range(3):
+        a = np.moveaxis(lp, ax, 0)
+        m = np.moveaxis(inner, ax, 0)
+        touch = (a[:-1] != a[1:]) & (a[:-1] != 0) & (a[1:] != 0)
+        m[:-1] &= ~touch
+        m[1:] &= ~touch
+    d = ndimage.distance_transform_edt(inner).astype(np.float32)
+    d[lp == 0] = 0
+    crop = tuple(slice(lo, d.shape[ax] - hi) for ax, (lo, hi) in enumerate(pad))
+    return d[crop]
+
+
 def ground_truth_maps(labels: np.ndarray, *, read: Sequence[slice], core: Sequence[slice],
                       volume_shape: Sequence[int], t: int, rays, seed: int = 0, drop_fraction: float = 0.0,
                       merge_fraction: float = 0.0, false_rate: float = 0.0, false_radius: float = 3.0,
-                      noise: float = 0.0, prob_threshold: float = 0.5) -> BlockPrediction:
+                      noise: float = 0.0, prob_threshold: float = 0.5, boundary: int = 26) -> BlockPrediction:
     """Predictor outputs for one block's core from ground-truth labels over its read region.
 
     Parameters
@@ -191,6 +236,9 @@ def ground_truth_maps(labels: np.ndarray, *, read: Sequence[slice], core: Sequen
         Perturbations (see module docstring).
     prob_threshold : float
         Candidates below it are not returned.
+    boundary : {6, 26}
+        Connectivity under which the U-Net's walls separate touching objects (pair it with
+        ``SegmentationConfig.connectivity``).
 
     Returns
     -------
@@ -208,71 +256,52 @@ def ground_truth_maps(labels: np.ndarray, *, read: Sequence[slice], core: Sequen
     vol = tuple(int(v) for v in volume_shape)
     R = len(rays)
 
-    # compact local IDs: find_objects needs small consecutive integers
-    uniq, inv = np.unique(labels, return_inverse=True)
-    inv = inv.reshape(labels.shape)
-    if uniq[0] != 0:
-        uniq = np.concatenate([[0], uniq])
-        inv = inv + 1
-    local = inv.astype(np.int64)
-    core_local = np.unique(local[cir])
-    core_local = core_local[core_local != 0]
-    boxes = ndimage.find_objects(local)
+    core_ids = np.unique(labels[cir])
+    core_ids = core_ids[core_ids != 0]
     # objects reaching the core must be complete (not touching a cut face of the read region)
     for ax in range(3):
-        lo_cut = read[ax].start > 0
-        hi_cut = read[ax].stop < vol[ax]
-        for cut, idx in ((lo_cut, 0), (hi_cut, labels.shape[ax] - 1)):
+        for cut, idx in ((read[ax].start > 0, 0), (read[ax].stop < vol[ax], labels.shape[ax] - 1)):
             if not cut:
                 continue
-            on_face = np.unique(np.take(local, idx, axis=ax))
-            bad = np.intersect1d(on_face, core_local)
+            bad = np.intersect1d(np.unique(np.take(labels, idx, axis=ax)), core_ids)
             if bad.size:
-                lab = int(uniq[bad[0]])
-                ext = [b.stop - b.start for b in boxes[bad[0] - 1]]
                 raise InvalidDataError(
-                    f"ground-truth object {lab} reaches block core {[(c.start, c.stop) for c in core]} but is cut by "
-                    f"the read region (extent in read {ext}); the predictor halo must exceed the largest object"
+                    f"ground-truth object {int(bad[0])} reaches block core {[(c.start, c.stop) for c in core]} but "
+                    f"is cut by the read region {[(r.start, r.stop) for r in read]}; the predictor halo must "
+                    "exceed the largest object"
                 )
-
-    edt = np.zeros(core_shape, np.float32)
-    prob = np.zeros(core_shape, np.float32)
-    centres = []
-    cen_labels = []
-    drop = hash_uniform(seed, _STREAM_DROP, t, uniq[core_local].astype(np.uint64)) < drop_fraction \
-        if drop_fraction > 0 else np.zeros(core_local.size, bool)
+    faces = [(read[ax].start == 0, read[ax].stop == vol[ax]) for ax in range(3)]
+    edt_read = object_edt(labels, faces)
+    edt = edt_read[cir]
+    drop = hash_uniform(seed, _STREAM_DROP, t, core_ids.astype(np.uint64)) < drop_fraction \
+        if drop_fraction > 0 else np.zeros(core_ids.size, bool)
     core_lo = np.array([c.start for c in core])
-    core_hi = np.array([c.stop for c in core])
     read_lo = np.array([r.start for r in read])
-    for k, dropped in zip(core_local, drop, strict=True):
-        box = boxes[k - 1]
-        pad = tuple(slice(b.start, b.stop) for b in box)
-        obj = np.pad(local[pad] == k, 1)
-        d = ndimage.distance_transform_edt(obj)[1:-1, 1:-1, 1:-1].astype(np.float32)
-        dmax = float(d.max())
-        c_local = np.array(np.unravel_index(int(np.argmax(d)), d.shape)) + [b.start for b in box]
-        c_global = c_local + read_lo
-        # paste the object's part inside the core
-        a = np.maximum([b.start for b in box], [c.start for c in cir])
-        b_ = np.minimum([b.stop for b in box], [c.stop for c in cir])
-        if (a < b_).all():
-            src = tuple(slice(int(x - b.start), int(y - b.start)) for x, y, b in zip(a, b_, box, strict=True))
-            dst = tuple(slice(int(x - c.start), int(y - c.start)) for x, y, c in zip(a, b_, cir, strict=True))
-            m = obj[1:-1, 1:-1, 1:-1][src]
-            edt[dst][m] = d[src][m]
-            if not dropped:
-                prob[dst][m] = d[src][m] / dmax
-        if not dropped and ((c_global >= core_lo) & (c_global < core_hi)).all():
-            centres.append(c_global)
-            cen_labels.append(k)
-    fg = unet_foreground(labels, seed=seed, t=t, merge_fraction=merge_fraction)[cir].astype(np.float32)
+    prob = np.zeros(core_shape, np.float32)
+    pts = np.zeros((0, 3), np.int64)
+    if core_ids.size:
+        # per-object maximum and its first voxel in raster order (over the read region: whole objects)
+        dmax = np.asarray(ndimage.maximum(edt_read, labels, core_ids), np.float64)
+        inobj = np.isin(labels, core_ids)
+        which = np.searchsorted(core_ids, np.where(inobj, labels, core_ids[0]))
+        at_max = inobj & (edt_read == dmax[which].astype(np.float32))
+        lin = np.arange(labels.size, dtype=np.int64).reshape(labels.shape)
+        first = np.asarray(ndimage.minimum(lin, np.where(at_max, labels, 0), core_ids), np.int64)
+        centres = np.stack(np.unravel_index(first, labels.shape), axis=1) + read_lo
+        inobj_c = inobj[cir]
+        keep_obj = ~drop
+        kept_vox = inobj_c & keep_obj[which[cir]]
+        prob[kept_vox] = (edt[kept_vox] / dmax[which[cir]][kept_vox]).astype(np.float32)
+        own = ((centres >= core_lo) & (centres < core_lo + np.array(core_shape))).all(axis=1)
+        pts = centres[own & keep_obj]
+    fg = unet_foreground(labels, seed=seed, t=t, merge_fraction=merge_fraction,
+                         connectivity=boundary)[cir].astype(np.float32)
 
     lin = _linear_index(core_shape, core_lo, vol)
     if noise > 0:
         prob = np.clip(prob + noise * _gaussian(seed, _STREAM_NOISE_PROB, t, lin), 0, 1).astype(np.float32)
         fg = np.clip(fg + noise * _gaussian(seed, _STREAM_NOISE_FG, t, lin), 0, 1).astype(np.float32)
 
-    pts = np.array(centres, np.int64).reshape(-1, 3)
     if len(pts):
         cprob = prob[tuple((pts - core_lo).T)].astype(np.float32)
         dist = ray_distances(labels, pts - read_lo, rays)
@@ -288,7 +317,8 @@ def ground_truth_maps(labels: np.ndarray, *, read: Sequence[slice], core: Sequen
             dist = np.concatenate([dist, np.full((len(fp), R), false_radius, np.float32)])
     keep = cprob >= prob_threshold
     return BlockPrediction(prob=prob, foreground=fg, points=pts[keep], cand_prob=cprob[keep], dist=dist[keep],
-                           distance=edt, info={"objects": int(core_local.size), "dropped": int(drop.sum())})
+                           distance=edt.astype(np.float32), info={"objects": int(core_ids.size),
+                                                                   "dropped": int(drop.sum())})
 
 
 def _false_candidates(labels: np.ndarray, read: Sequence[slice], core: Sequence[slice], vol: Sequence[int], t: int,
@@ -331,16 +361,22 @@ class GroundTruthPredictor(Predictor):
         Rays of the candidates.
     seed, drop_fraction, merge_fraction, false_rate, false_radius, noise
         Perturbations.
+    boundary : {6, 26}
+        Connectivity under which the U-Net walls separate touching objects (26, the default,
+        matches the default component connectivity; 6 gives thinner walls on anisotropic data).
     """
 
     needs_image = False
 
     def __init__(self, store: str, labels: str = "ground_truth", *, halo: int | Sequence[int] | None = None,
                  n_rays: int = 96, seed: int = 0, drop_fraction: float = 0.0, merge_fraction: float = 0.0,
-                 false_rate: float = 0.0, false_radius: float = 3.0, noise: float = 0.0) -> None:
+                 false_rate: float = 0.0, false_radius: float = 3.0, noise: float = 0.0,
+                 boundary: int = 26) -> None:
         for name, v in (("drop_fraction", drop_fraction), ("merge_fraction", merge_fraction), ("false_rate", false_rate)):
             if not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {v}")
+        if boundary not in (6, 26):
+            raise ConfigError(f"boundary connectivity must be 6 or 26, got {boundary!r}")
         if noise < 0 or false_radius <= 0:
             raise ConfigError(f"noise must be >= 0 and false_radius > 0 (got {noise}, {false_radius})")
         self.store = str(store)
@@ -353,6 +389,7 @@ class GroundTruthPredictor(Predictor):
         self.false_rate = float(false_rate)
         self.false_radius = float(false_radius)
         self.noise = float(noise)
+        self.boundary = int(boundary)
         self._rays = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -425,13 +462,14 @@ class GroundTruthPredictor(Predictor):
         return ground_truth_maps(labels, read=read, core=core, volume_shape=volume_shape, t=t, rays=self.rays,
                                  seed=self.seed, drop_fraction=self.drop_fraction,
                                  merge_fraction=self.merge_fraction, false_rate=self.false_rate,
-                                 false_radius=self.false_radius, noise=self.noise, prob_threshold=prob_threshold)
+                                 false_radius=self.false_radius, noise=self.noise, prob_threshold=prob_threshold,
+                                 boundary=self.boundary)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe() if self._halo is not None else {"class": type(self).__name__, "n_rays": self.n_rays}
         d.update(labels=self.labels_name, seed=self.seed, drop_fraction=self.drop_fraction,
                  merge_fraction=self.merge_fraction, false_rate=self.false_rate, false_radius=self.false_radius,
-                 noise=self.noise)
+                 noise=self.noise, boundary=self.boundary)
         return d
 
 

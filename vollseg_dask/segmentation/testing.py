@@ -84,13 +84,20 @@ def voronoi_tissue(shape: Sequence[int], n_cells: int, *, seed: int = 0, extra_p
     return inv.reshape(lab.shape).astype(np.uint32) if u[0] == 0 else (inv + 1).reshape(lab.shape).astype(np.uint32)
 
 
-def grid_cells(shape: Sequence[int], cell: Sequence[int]) -> np.ndarray:
-    """A dense lattice of box cells of size ``cell`` touching each other (fast, for huge label counts).
+def grid_cells(shape: Sequence[int], cell: Sequence[int], gap: int = 0) -> np.ndarray:
+    """A dense lattice of box cells of size ``cell`` (fast, for huge label counts).
+
+    Parameters
+    ----------
+    shape, cell : sequence of 3 int
+        Volume and lattice cell shapes.
+    gap : int
+        Background planes at the high end of every lattice cell along each axis (0: cells touch).
 
     Returns
     -------
     numpy.ndarray, shape ``shape``, uint32
-        Label = 1 + linear index of the lattice cell.
+        Label = 1 + linear index of the lattice cell (0 in the gaps).
     """
     shp = [int(s) for s in shape]
     c = [int(v) for v in cell]
@@ -101,7 +108,12 @@ def grid_cells(shape: Sequence[int], cell: Sequence[int]) -> np.ndarray:
     lab = (z * ny + y) * nx + x + 1
     if lab.max() >= 2**32:
         raise ShapeError("too many lattice cells for uint32")
-    return lab.astype(np.uint32)
+    lab = lab.astype(np.uint32)
+    if gap:
+        for ax, k in enumerate(c):
+            idx = np.nonzero(np.arange(shp[ax]) % k >= k - gap)[0]
+            np.moveaxis(lab, ax, 0)[idx] = 0
+    return lab
 
 
 def write_test_store(path, labels: np.ndarray, *, name: str = "ground_truth", scale=(1.0, 1.0, 1.0),
