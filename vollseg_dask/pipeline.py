@@ -53,6 +53,7 @@ __all__ = [
     "STAGES",
     "InputConfig",
     "PredictorConfig",
+    "AnalyzeConfig",
     "ExportConfig",
     "RunConfig",
     "DatasetReport",
@@ -97,6 +98,19 @@ class PredictorConfig(StrictModel):
     ground_truth: str = Field("ground_truth", description="Labels group used by the ground-truth predictor.")
 
 
+class AnalyzeConfig(StrictModel):
+    """Track analysis (stage S9)."""
+
+    moving_average: int | None = Field(None, ge=1, description="Centred moving-average window (frames) applied "
+                                       "to intensity before the FFT; None = none.")
+    normalize: Literal["zscore", "max", "none"] = Field("zscore", description="Intensity normalisation before "
+                                                       "the FFT.")
+    intensity_column: str | None = Field(None, description="Spot column of the oscillation signal; None = total "
+                                         "intensity of channel 0.")
+    formats: list[Literal["png", "svg", "pdf"]] = Field(default_factory=lambda: ["png"], description="Plot formats.")
+    track_plots: int = Field(10, ge=0, description="Tracks that get their own intensity/distance plots.")
+
+
 class ExportConfig(StrictModel):
     """Exports written after tracking."""
 
@@ -120,6 +134,7 @@ class RunConfig(StrictModel):
     segment: SegmentationConfig = Field(default_factory=SegmentationConfig, description="Segmentation.")
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Cell table.")
     track: TrackerConfig = Field(default_factory=TrackerConfig, description="Tracking.")
+    analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig, description="Track analysis.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Track exports.")
 
     @model_validator(mode="after")
@@ -370,7 +385,7 @@ def _stage_settings(cfg: RunConfig, stage: str) -> dict[str, Any]:
         "segment": {"segment": dump["segment"], "predictor": dump["predictor"]},
         "measure": {"measure": dump["measure"]},
         "track": {"track": dump["track"]},
-        "analyze": {},
+        "analyze": {"analyze": dump["analyze"]},
         "export": {"export": dump["export"]},
     }[stage]
     return {**base, **per}
@@ -386,13 +401,18 @@ def _make_predictor(cfg: RunConfig, store: Path) -> Any:
     return NetworkPredictor.from_models_dir(cfg.predictor.models, denoise=cfg.predictor.denoise)
 
 
-def _run_stage(ds: _Dataset, stage: str, client: Any, resume: bool) -> None:
+def _run_stage(ds: _Dataset, stage: str, client: Any, resume: bool, upstream: str) -> tuple[str, bool]:
+    """Run (or skip) one stage; return its fingerprint and whether it ran.
+
+    A stage's fingerprint chains its own settings with its upstream stage's fingerprint, so a
+    changed setting invalidates every later stage too.
+    """
     from vollseg_dask.runtime import StageTimer
 
     cfg = ds.cfg
     marker = ds.done_marker(stage)
     settings = _stage_settings(cfg, stage)
-    fp = _fingerprint(settings)
+    fp = _fingerprint({"settings": settings, "upstream": upstream})
     if resume and marker.is_file():
         try:
             if json.loads(marker.read_text()).get("fingerprint") == fp:
@@ -401,7 +421,7 @@ def _run_stage(ds: _Dataset, stage: str, client: Any, resume: bool) -> None:
                 ds.report.stages[stage] = rec
                 _collect_outputs(ds, stage)
                 LOG.info("%s: %s already done, skipped", ds.name, stage)
-                return
+                return fp, False
         except (OSError, ValueError):
             pass
     marker.unlink(missing_ok=True)
@@ -418,6 +438,7 @@ def _run_stage(ds: _Dataset, stage: str, client: Any, resume: bool) -> None:
     marker.parent.mkdir(exist_ok=True)
     _atomic_json(marker, {"fingerprint": fp, "settings": settings, "finished": time.time()})
     ds.save()
+    return fp, True
 
 
 def _image_voxels(store: Path) -> int:
@@ -448,8 +469,9 @@ def _stage_ingest(ds: _Dataset, client: Any, resume: bool) -> int:
 def _stage_segment(ds: _Dataset, client: Any, resume: bool) -> int:
     from vollseg_dask.segmentation import segment
 
-    res = segment(ds.store, ds.cfg.labels_name, _make_predictor(ds.cfg, ds.store), ds.cfg.segment, client,
-                  overwrite=not resume)
+    # client is None only for the threaded scheduler: say so, or segment() would start a cluster
+    res = segment(ds.store, ds.cfg.labels_name, _make_predictor(ds.cfg, ds.store), ds.cfg.segment,
+                  client if client is not None else ds.cfg.cluster, overwrite=not resume)
     ds.manifest["segment_blocks"] = {
         "n_blocks": res.n_blocks,
         "n_tasks": res.n_tasks,
@@ -480,9 +502,11 @@ def _stage_track(ds: _Dataset, client: Any, resume: bool) -> int:
 
 
 def _stage_analyze(ds: _Dataset, client: Any, resume: bool) -> int:
-    from vollseg_dask.analysis import analyze_tracks
+    from vollseg_dask.analysis import run_analysis
 
-    analyze_tracks(ds.dir / "tracks", ds.dir / "analysis", overwrite=True)
+    a = ds.cfg.analyze
+    run_analysis(ds.dir / "tracks", ds.dir / "analysis", moving_average=a.moving_average, normalize=a.normalize,
+                 intensity_column=a.intensity_column, formats=a.formats, track_plots=a.track_plots, overwrite=True)
     return 0
 
 
@@ -611,8 +635,11 @@ def run(config: RunConfig | dict[str, Any] | str | os.PathLike[str], *, client: 
                 ds = _Dataset(cfg, source, name, out)
                 reports.append(ds.report)
                 try:
+                    upstream, forced = "", False
                     for stage in stages:
-                        _run_stage(ds, stage, dask_client, resume)
+                        # once a stage has recomputed, everything after it must too
+                        upstream, ran = _run_stage(ds, stage, dask_client, resume and not forced, upstream)
+                        forced = forced or ran
                     ds.report.status = "done"
                 except Exception as exc:
                     # A failing data set must not stop the batch: record why and go on.
