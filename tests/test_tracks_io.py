@@ -135,3 +135,53 @@ def test_validation_errors(tmp_path: Path) -> None:
         (tmp_path / "z").mkdir()
         read_tracks(tmp_path / "z")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z"]
+
+
+def test_streamed_edges_equal_whole_table(tmp_path: Path) -> None:
+    """``write_edges_chunk`` appends one row group per chunk; the store reads back exactly as the
+    one written with ``write_edges`` (same table, same metadata), empty chunks skipped."""
+    d = _data()
+    whole = write_tracks(tmp_path / "whole", d)
+    edges = d.edges.assign(weight=np.arange(len(d.edges), dtype=np.float64))  # an edge feature too
+    chunks = [edges.iloc[:3], edges.iloc[3:3], edges.iloc[3:4], edges.iloc[4:]]
+    with TracksWriter(tmp_path / "streamed", spatial_units=d.spatial_units, time_units=d.time_units,
+                      frame_interval=d.frame_interval, ndim=d.ndim) as w:
+        for t, frame in d.iter_frames():
+            w.write_spots_frame(t, frame)
+        rows = [w.write_edges_chunk(c) for c in chunks]
+        # nothing is visible before the block ends
+        assert not (tmp_path / "streamed").exists()
+    assert rows == [3, 0, 1, len(edges) - 4]
+    f = pq.ParquetFile(tmp_path / "streamed" / "edges.parquet")
+    assert f.num_row_groups == 3 and [f.metadata.row_group(i).num_rows for i in range(3)] == [3, 1, len(edges) - 4]
+    back = read_tracks(tmp_path / "streamed")
+    pd.testing.assert_frame_equal(back.edges, read_tracks(whole).edges.assign(weight=edges["weight"]))
+    assert (back.frame_interval, back.ndim, back.time_units) == (d.frame_interval, d.ndim, d.time_units)
+    pd.testing.assert_frame_equal(back.spots, read_tracks(whole).spots)
+
+
+def test_streamed_edges_errors_and_empty(tmp_path: Path) -> None:
+    d = _data()
+    # only empty chunks: the writer's own empty edge table
+    with TracksWriter(tmp_path / "empty") as w:
+        assert w.write_edges_chunk(d.edges.iloc[:0]) == 0
+    assert len(read_tracks(tmp_path / "empty").edges) == 0
+    # a chunk with other columns than the first, or a type that cannot be cast: named, nothing left behind
+    with pytest.raises(InvalidDataError, match=r"differ in \['weight'\]"), TracksWriter(tmp_path / "a") as w:
+        w.write_edges_chunk(d.edges.iloc[:2])
+        w.write_edges_chunk(d.edges.iloc[2:].assign(weight=1.0))
+    with pytest.raises(InvalidDataError, match="column 'weight'"), TracksWriter(tmp_path / "b") as w:
+        w.write_edges_chunk(d.edges.iloc[:2].assign(weight=1.0))
+        w.write_edges_chunk(d.edges.iloc[2:].assign(weight="heavy"))
+    with pytest.raises(InvalidDataError, match="unknown value"), TracksWriter(tmp_path / "c") as w:
+        w.write_edges_chunk(d.edges.assign(kind="jump"))
+    # whole and streamed edges do not mix, in either order
+    with pytest.raises(InvalidDataError, match="already written whole"), TracksWriter(tmp_path / "d") as w:
+        w.write_edges(d.edges)
+        w.write_edges_chunk(d.edges)
+    with pytest.raises(InvalidDataError, match=r"already streamed in 1 chunk"), TracksWriter(tmp_path / "e") as w:
+        w.write_edges_chunk(d.edges)
+        w.write_edges(d.edges)
+    with pytest.raises(RuntimeError, match="context manager"):
+        TracksWriter(tmp_path / "f").write_edges_chunk(d.edges)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]

@@ -687,12 +687,16 @@ class TracksWriter:
     spatial_units, time_units, frame_interval, ndim
         Stored as metadata in every Parquet file.
 
+    Edges are written either whole (:meth:`write_edges`) or streamed in pieces
+    (:meth:`write_edges_chunk`, one Parquet row group per piece), never both; a writer that got
+    neither writes an empty ``edges.parquet``.
+
     Examples
     --------
     >>> with TracksWriter(out, overwrite=True) as w:           # doctest: +SKIP
     ...     for t, frame in frames:
     ...         w.write_spots_frame(t, frame)
-    ...     w.write_edges(edges)
+    ...         w.write_edges_chunk(edges_into(t))              # or w.write_edges(edges) once
     """
 
     def __init__(
@@ -716,6 +720,9 @@ class TracksWriter:
         self._tmp: Path | None = None
         self._frames: set[int] = set()
         self._has_edges = False
+        self._edge_writer: Any = None  # pyarrow.parquet.ParquetWriter of streamed edges
+        self._edge_schema: Any = None
+        self._n_edge_chunks = 0
 
     def __enter__(self) -> TracksWriter:
         if self.path.exists() and not self.overwrite:
@@ -727,12 +734,23 @@ class TracksWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self._tmp is not None
+        try:
+            self._close_edge_stream()
+        except Exception:
+            if exc_type is None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                raise
         if exc_type is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             return
         if not self._has_edges:
             self.write_edges(None)
         _commit_dir(self._tmp, self.path, self.overwrite)
+
+    def _close_edge_stream(self) -> None:
+        if self._edge_writer is not None:
+            writer, self._edge_writer = self._edge_writer, None
+            writer.close()
 
     def _need_open(self) -> Path:
         if self._tmp is None:
@@ -756,10 +774,93 @@ class TracksWriter:
         self._frames.add(t)
 
     def write_edges(self, edges: pd.DataFrame | None) -> None:
-        """Write ``edges.parquet``."""
+        """Write ``edges.parquet`` from one table (``None``: no edge).
+
+        Raises
+        ------
+        InvalidDataError
+            Edges were already written (whole, or streamed with :meth:`write_edges_chunk`).
+        """
         tmp = self._need_open()
+        if self._has_edges:
+            how = f"streamed in {self._n_edge_chunks} chunk(s)" if self._n_edge_chunks else "written"
+            raise InvalidDataError(
+                f"edges.parquet of {self.path} was already {how}; write_edges writes it once"
+            )
         _write_parquet(normalize_edges(edges), tmp / _EDGES, self.meta)
         self._has_edges = True
+
+    def write_edges_chunk(self, edges: pd.DataFrame) -> int:
+        """Append edges to ``edges.parquet`` as one row group, so that the edge table is never
+        whole in memory.
+
+        Every chunk is normalised like :meth:`write_edges` (:func:`normalize_edges`) and must have
+        the columns and types of the first non-empty chunk (extra edge-feature columns included).
+        Empty chunks are skipped. The file is complete, with the ``vollseg_dask.tracks`` metadata,
+        when the ``with`` block ends; reading it back gives the concatenation of the chunks in the
+        order written.
+
+        Parameters
+        ----------
+        edges : pandas.DataFrame
+            ``source_spot_id``, ``target_spot_id`` and optionally ``cost``, ``kind`` and features.
+
+        Returns
+        -------
+        int
+            Rows appended.
+
+        Raises
+        ------
+        InvalidDataError
+            ``edges`` is not a valid edge table (see :func:`normalize_edges`), its columns or types
+            differ from the first chunk's (naming the column), or the edges were already written
+            whole with :meth:`write_edges`.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tmp = self._need_open()
+        if self._has_edges and self._n_edge_chunks == 0:
+            raise InvalidDataError(
+                f"edges.parquet of {self.path} was already written whole by write_edges; "
+                "write_edges_chunk cannot append to it"
+            )
+        df = normalize_edges(edges, where=f"edges chunk {self._n_edge_chunks}")
+        if len(df) == 0:
+            return 0
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if self._edge_writer is None:
+            md = dict(table.schema.metadata or {})
+            md[_META_KEY] = json.dumps(dict(self.meta), ensure_ascii=False).encode("utf-8")
+            table = table.replace_schema_metadata(md)
+            self._edge_schema = table.schema
+            self._edge_writer = pq.ParquetWriter(tmp / _EDGES, table.schema)
+            self._has_edges = True
+        else:
+            schema = self._edge_schema
+            if table.schema.names != schema.names:
+                extra = sorted(set(table.schema.names) ^ set(schema.names))
+                raise InvalidDataError(
+                    f"edges chunk {self._n_edge_chunks} has columns {table.schema.names}, the first chunk "
+                    f"{schema.names}" + (f" (differ in {extra})" if extra else " (order differs)")
+                )
+            for f in table.schema:
+                want = schema.field(f.name).type
+                if f.type != want:
+                    try:
+                        table = table.set_column(
+                            table.schema.get_field_index(f.name), f.name, table[f.name].cast(want)
+                        )
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        raise InvalidDataError(
+                            f"edges chunk {self._n_edge_chunks} column {f.name!r} has type {f.type}, "
+                            f"the first chunk {want}"
+                        ) from None
+            table = table.replace_schema_metadata(schema.metadata)
+        self._edge_writer.write_table(table, row_group_size=max(len(table), 1))
+        self._n_edge_chunks += 1
+        return len(table)
 
     def write_tracks(self, tracks: pd.DataFrame) -> None:
         """Write ``tracks.parquet``."""

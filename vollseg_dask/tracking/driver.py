@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,13 +361,47 @@ def _link_pair(a: pd.DataFrame, b: pd.DataFrame, config: TrackerConfig, ndim: in
     )
 
 
-def _compute(tasks: list[Any], scheduler: str) -> list[Any]:
+def _require_client() -> Any:
+    """The active ``distributed.Client`` (``scheduler="distributed"`` runs on it, never silently
+    on local threads)."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a core dependency
+        raise TrackingError("scheduler='distributed' needs the 'distributed' package") from None
+    try:
+        return default_client()
+    except ValueError:
+        raise TrackingError(
+            "scheduler='distributed' needs an active distributed.Client (create one, e.g. with "
+            "vollseg_dask.runtime.get_client(), before calling track); no client was found"
+        ) from None
+
+
+@contextmanager
+def _process_pool(scheduler: str) -> Iterator[Any]:
+    """One worker pool for the whole linking pass of ``scheduler="processes"`` (Dask would
+    otherwise start a new pool of processes for every batch of frames); None for the others."""
+    if scheduler != "processes":
+        yield None
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    from dask.multiprocessing import get_context
+    from dask.system import CPU_COUNT
+
+    with ProcessPoolExecutor(CPU_COUNT, mp_context=get_context()) as pool:
+        yield pool
+
+
+def _compute(tasks: list[Any], scheduler: str, pool: Any = None) -> list[Any]:
     import dask
 
     if not tasks:
         return []
+    if pool is not None:
+        return list(dask.compute(*tasks, scheduler=scheduler, pool=pool))
     if scheduler == "distributed":
-        return list(dask.compute(*tasks))
+        return list(_require_client().compute(tasks, sync=True))
     return list(dask.compute(*tasks, scheduler=scheduler))
 
 
@@ -423,6 +458,22 @@ def track(
     Returns
     -------
     TrackingResult
+
+    Raises
+    ------
+    StoreExistsError
+        ``out_dir`` exists and ``overwrite`` is false.
+    TrackingError
+        A position or penalty-feature column is missing, a spot ID repeats or a position is not
+        finite; or ``config.scheduler == "distributed"`` and no ``distributed.Client`` is active
+        (the frame-pair tasks run on the active client; create one first, e.g. with
+        :func:`vollseg_dask.runtime.get_client`). Nothing is left behind.
+
+    Notes
+    -----
+    The result does not depend on how the work is split: ``window_frames``, the number and order
+    of Parquet part files per frame, and the scheduler (``threads``, ``sync``, ``processes``,
+    ``distributed``) give identical track stores (same edges, costs, IDs and tables).
     """
     from vollseg_dask.io.tracks import TracksWriter
 
@@ -447,6 +498,8 @@ def track(
     missing = sorted(needed - set(columns))
     if missing:
         raise TrackingError(f"feature penalties name column(s) {missing} that the spot table lacks")
+    if config.scheduler == "distributed":
+        _require_client()
     result = TrackingResult(path=out, config=config, n_frames=len(frames))
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
@@ -520,47 +573,48 @@ def _run(
     frame_iter = _progress(
         _batches(frames, config.window_frames), -(-len(frames) // config.window_frames), "linking", progress
     )
-    for batch in frame_iter:
-        loaded: list[tuple[int, pd.DataFrame]] = [] if carry is None else [carry]
-        for t in batch:
-            frame, dropped = prepare_frame(source.read(t), t, config, ndim)
-            result.n_spots_dropped += dropped
-            loaded.append((t, frame))
-        # One task per frame pair (t, t + 1) of this batch.
-        pairs = [(i, i + 1) for i in range(len(loaded) - 1) if loaded[i + 1][0] == loaded[i][0] + 1]
-        tasks = [delayed_link(loaded[i][1], loaded[j][1], config, ndim) for i, j in pairs]
-        links_of = dict(zip((j for _, j in pairs), _compute(tasks, config.scheduler), strict=True))
-        start = 0 if carry is None else 1
-        for k in range(start, len(loaded)):
-            t, frame = loaded[k]
-            links: FrameLinks | None = links_of.get(k)
-            if pending is not None:
-                finalize(pending, None if links is None else links.source)
-            n = len(frame)
-            pred_id = np.full(n, -1, np.int64)
-            pred_cost = np.full(n, np.nan)
-            has_pred = np.zeros(n, dtype=bool)
-            seg = np.full(n, -1, np.int64)
-            if links is not None and links.target.size:
-                assert pending is not None
-                prev_ids = pending["frame"]["spot_id"].to_numpy(np.int64)
-                pred_id[links.target] = prev_ids[links.source]
-                pred_cost[links.target] = links.cost
-                has_pred[links.target] = True
-                seg[links.target] = pending["seg"][links.source]
-            new = np.flatnonzero(seg < 0)
-            seg[new] = np.arange(seg_start.size, seg_start.size + new.size)
-            seg_start.extend(np.full(new.size, t, np.int64))
-            seg_end.extend(np.full(new.size, t, np.int64))
-            pending = {
-                "t": t,
-                "frame": frame,
-                "seg": seg,
-                "has_pred": has_pred,
-                "pred_id": pred_id,
-                "pred_cost": pred_cost,
-            }
-        carry = loaded[-1] if loaded else None
+    with _process_pool(config.scheduler) as pool:
+        for batch in frame_iter:
+            loaded: list[tuple[int, pd.DataFrame]] = [] if carry is None else [carry]
+            for t in batch:
+                frame, dropped = prepare_frame(source.read(t), t, config, ndim)
+                result.n_spots_dropped += dropped
+                loaded.append((t, frame))
+            # One task per frame pair (t, t + 1) of this batch.
+            pairs = [(i, i + 1) for i in range(len(loaded) - 1) if loaded[i + 1][0] == loaded[i][0] + 1]
+            tasks = [delayed_link(loaded[i][1], loaded[j][1], config, ndim) for i, j in pairs]
+            links_of = dict(zip((j for _, j in pairs), _compute(tasks, config.scheduler, pool), strict=True))
+            start = 0 if carry is None else 1
+            for k in range(start, len(loaded)):
+                t, frame = loaded[k]
+                links: FrameLinks | None = links_of.get(k)
+                if pending is not None:
+                    finalize(pending, None if links is None else links.source)
+                n = len(frame)
+                pred_id = np.full(n, -1, np.int64)
+                pred_cost = np.full(n, np.nan)
+                has_pred = np.zeros(n, dtype=bool)
+                seg = np.full(n, -1, np.int64)
+                if links is not None and links.target.size:
+                    assert pending is not None
+                    prev_ids = pending["frame"]["spot_id"].to_numpy(np.int64)
+                    pred_id[links.target] = prev_ids[links.source]
+                    pred_cost[links.target] = links.cost
+                    has_pred[links.target] = True
+                    seg[links.target] = pending["seg"][links.source]
+                new = np.flatnonzero(seg < 0)
+                seg[new] = np.arange(seg_start.size, seg_start.size + new.size)
+                seg_start.extend(np.full(new.size, t, np.int64))
+                seg_end.extend(np.full(new.size, t, np.int64))
+                pending = {
+                    "t": t,
+                    "frame": frame,
+                    "seg": seg,
+                    "has_pred": has_pred,
+                    "pred_id": pred_id,
+                    "pred_cost": pred_cost,
+                }
+            carry = loaded[-1] if loaded else None
     if pending is not None:
         finalize(pending, None)
     result.n_spots = n_spots
@@ -749,28 +803,22 @@ def _output_frame(
 
 
 class _EdgeStream:
-    """Writes ``edges.parquet`` of an open :class:`~vollseg_dask.io.tracks.TracksWriter` in row
-    groups, so that the edge table is never whole in memory.
+    """Buffers the edges of the write pass and hands them to
+    :meth:`vollseg_dask.io.tracks.TracksWriter.write_edges_chunk` in row groups of about
+    ``rows_per_group`` rows, so that the edge table is never whole in memory.
 
-    The file is the one ``TracksWriter.write_edges`` would write (same normalisation by
-    :func:`~vollseg_dask.io.tracks.normalize_edges`, same key-value metadata), placed in the
-    writer's hidden folder so that it is committed atomically with the rest.
+    The writer normalises every chunk (:func:`~vollseg_dask.io.tracks.normalize_edges`), stores
+    the store metadata, and commits ``edges.parquet`` atomically with the rest of the store (an
+    empty table when no edge was written at all).
     """
 
     def __init__(self, writer: Any, rows_per_group: int = 1 << 15) -> None:
-        import json
-
-        from vollseg_dask.io import tracks as io_tracks
-
         self._writer = writer
-        self._path = writer._need_open() / "edges.parquet"
-        self._meta = {io_tracks._META_KEY: json.dumps(dict(writer.meta), ensure_ascii=False).encode("utf-8")}
         self._rows = rows_per_group
         self._buf: list[
             tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], NDArray[np.int8]]
         ] = []
         self._n_buf = 0
-        self._pq: Any = None
         self.counts = {k: 0 for k in _KINDS}
 
     def add(
@@ -788,11 +836,6 @@ class _EdgeStream:
             self._flush()
 
     def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from vollseg_dask.io.tracks import normalize_edges
-
         if not self._n_buf:
             return
         kinds = np.asarray(_KINDS, dtype=object)
@@ -804,21 +847,12 @@ class _EdgeStream:
                 "kind": kinds[np.concatenate([b[3] for b in self._buf])],
             }
         )
-        table = pa.Table.from_pandas(normalize_edges(df), preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self._meta})
-        if self._pq is None:
-            self._pq = pq.ParquetWriter(self._path, table.schema)
-        self._pq.write_table(table)
+        self._writer.write_edges_chunk(df)
         self._buf.clear()
         self._n_buf = 0
 
     def close(self) -> None:
         self._flush()
-        if self._pq is None:
-            self._writer.write_edges(None)  # no edge at all: the writer's own empty table
-        else:
-            self._pq.close()
-            self._writer._has_edges = True
 
 
 class _Growable:
