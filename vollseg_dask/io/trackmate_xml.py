@@ -1148,7 +1148,7 @@ def _track_ids(comp_track: np.ndarray, given: np.ndarray) -> np.ndarray:
             out = np.full(len(comp_track), -1, np.int64)
             out[linked] = lut.reindex(comp_track[linked]).to_numpy()
             return out
-        log.warning("track_id values exceed int32: TrackMate tracks renumbered 0..%d", pairs["comp"].max())
+        log.warning("track_id values exceed int32: TrackMate tracks renumbered 0..%s", int(pairs["comp"].max()))
     return comp_track
 
 
