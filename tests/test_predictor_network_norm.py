@@ -128,3 +128,36 @@ def test_engine_stage_s1_runs_the_predictor(models, store, predictor, volume):
         ref = predictor.predict_block(volume[t], t=t, read=FULL, core=FULL, volume_shape=VOL, prob_threshold=0.6)
         np.testing.assert_allclose(np.asarray(lay.open_array("prob")[t]), ref.prob, atol=ATOL, rtol=0)
         np.testing.assert_array_equal(np.asarray(lay.open_array("mask")[t]), (ref.foreground > 0.5).astype(np.uint8))
+
+
+@pytest.mark.realdata
+def test_real_confocal_nuclei_tiled_equals_untiled(shared_data, models, tmp_path):
+    """Real noisy confocal nuclei (PlantSeg ``1135_mini.h5``, uint8): global percentiles from the
+    store, tiled == untiled over ragged blocks."""
+    import h5py
+
+    from vollseg_dask.io.omezarr import write_image
+
+    with h5py.File(shared_data / "segmentation" / "plantseg" / "1135_mini.h5", "r") as f:
+        raw = np.asarray(f["raw"][20:56, :, :])
+    vol = raw.shape
+    store = tmp_path / "nuclei.ome.zarr"
+    write_image(store, raw, axes="zyx", scale=(0.284, 0.127, 0.127), chunks=(12, 50, 50))
+    p = NetworkPredictor(models["stardist"], models["unet"])
+    p.prepare(str(store), n_t=1, volume_shape=vol)
+    np.testing.assert_array_equal(p._lohi(0, "unet"), np.percentile(raw, [1, 99.8]))
+    full = tuple(slice(0, n) for n in vol)
+    ref = p.predict_block(raw, t=0, read=full, core=full, volume_shape=vol, prob_threshold=0.9)
+    assert ref.foreground.std() > 0.02 and ref.prob.std() > 0.02
+    prob = np.full(vol, np.nan, np.float32)
+    fg = np.full(vol, np.nan, np.float32)
+    n_pts = 0
+    plan = plan_blocks(vol, (36, 45, 60), p.halo)
+    for b in plan:
+        o = p.predict_block(raw[b.read], t=0, read=b.read, core=b.core, volume_shape=vol, prob_threshold=0.9)
+        prob[b.core], fg[b.core] = o.prob, o.foreground
+        n_pts += len(o.points)
+    assert len(plan) == 6
+    np.testing.assert_allclose(prob, ref.prob, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(fg, ref.foreground, atol=ATOL, rtol=0)
+    assert abs(n_pts - len(ref.points)) <= int(np.sum(np.abs(ref.cand_prob - 0.9) <= ATOL))

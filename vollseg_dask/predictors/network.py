@@ -93,8 +93,11 @@ __all__ = [
 
 LOG = logging.getLogger(__name__)
 
-#: default largest network input tile (voxels); about 64 x 256 x 256
-DEFAULT_MAX_TILE_VOXELS = 1 << 22
+#: default largest network input tile (voxels), about 120 x 368 x 368: a (64, 256, 256) block plus
+#: a StarDist halo of (28, 56, 56) fits in one tile (smaller tiles repeat the halo: for that block
+#: ``benchmarks/bench_inference.py`` counted 14.2 StarDist input voxels per core voxel at 2**22,
+#: 3.9 at 2**24)
+DEFAULT_MAX_TILE_VOXELS = 1 << 24
 
 Slices = tuple[slice, slice, slice]
 Forward = Callable[[np.ndarray], list[np.ndarray]]
