@@ -270,3 +270,20 @@ def test_tile_input_equals_numpy_reflect_pad(n, pad_lo, pad_hi, start):
     region = (slice(100, 100 + n), slice(0, 3), slice(0, 2))
     tile = (slice(100 - pad_lo + start, 100 + n + pad_hi), slice(0, 3), slice(0, 2))
     np.testing.assert_array_equal(tile_input(x, region, tile), padded[start:])
+
+
+def test_singleton_z_and_ragged_volume(predictor, image):
+    """A single z plane (padded by reflection to the divisibility) and odd y/x sizes."""
+    vol = (1, 45, 37)
+    img = np.ascontiguousarray(image[:1, :45, :37])
+    full = tuple(slice(0, n) for n in vol)
+    ref = predictor.predict_block(img, t=0, read=full, core=full, volume_shape=vol, prob_threshold=0.5)
+    plan = plan_blocks(vol, (1, 20, 15), predictor.halo)
+    prob = np.full(vol, np.nan, np.float32)
+    fg = np.full(vol, np.nan, np.float32)
+    for b in plan:
+        p = predictor.predict_block(img[b.read], t=0, read=b.read, core=b.core, volume_shape=vol, prob_threshold=0.5)
+        prob[b.core], fg[b.core] = p.prob, p.foreground
+    assert len(plan) == 9
+    np.testing.assert_allclose(prob, ref.prob, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(fg, ref.foreground, atol=ATOL, rtol=0)
