@@ -398,7 +398,8 @@ def _make_predictor(cfg: RunConfig, store: Path) -> Any:
         return GroundTruthPredictor(str(store), cfg.predictor.ground_truth)
     from vollseg_dask.predictors.network import NetworkPredictor
 
-    return NetworkPredictor.from_models_dir(cfg.predictor.models, denoise=cfg.predictor.denoise)
+    return NetworkPredictor.from_models_dir(cfg.predictor.models, use_n2v=cfg.predictor.denoise,
+                                            channel=cfg.segment.channel)
 
 
 def _run_stage(ds: _Dataset, stage: str, client: Any, resume: bool, upstream: str) -> tuple[str, bool]:
