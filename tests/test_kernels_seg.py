@@ -231,6 +231,9 @@ def test_dilate_seeds_equals_grey_dilation_with_ball(rng):
         np.testing.assert_array_equal(whole, ref)
         region = (slice(4, 15), slice(0, 9), slice(10, 24))
         np.testing.assert_array_equal(ks.dilate_seeds(region, pts, ids, r), ref[region])
+    # seeds whose balls all miss the region
+    far = (slice(0, 2), slice(0, 2), slice(0, 2))
+    assert not ks.dilate_seeds(far, np.array([[15, 15, 15]]), np.array([3], np.uint64), 2).any()
 
 
 # ------------------------------------------------------------------------------------------ watershed
@@ -364,3 +367,32 @@ def test_plain_skimage_watershed_depends_on_the_block_but_ours_does_not():
         ours_differs += int((p[a] != w[region][a]).any())
     assert plain_differs > 0
     assert ours_differs == 0
+
+
+def test_box_reach_equals_brute_force(rng):
+    shape = (30, 40, 50)
+    plan = plan_blocks(shape, (7, 11, 13), origin=(2, 0, 5))
+    lo = np.stack([rng.integers(0, s - 1, 60) for s in shape], axis=1)
+    hi = np.minimum(lo + rng.integers(1, 12, (60, 3)), shape)
+    reach_lo, reach_hi = kc.box_reach(lo, hi, plan.boundaries)
+    for b in plan:
+        core_lo = np.array([c.start for c in b.core])
+        core_hi = np.array([c.stop for c in b.core])
+        meet = ((lo < core_hi) & (hi > core_lo)).all(axis=1)
+        exp_lo = np.minimum(lo[meet].min(axis=0), core_lo) if meet.any() else core_lo
+        exp_hi = np.maximum(hi[meet].max(axis=0), core_hi) if meet.any() else core_hi
+        np.testing.assert_array_equal(reach_lo[b.index], exp_lo)
+        np.testing.assert_array_equal(reach_hi[b.index], exp_hi)
+
+
+def test_core_components_keeps_only_components_reaching_the_core():
+    mask = np.zeros((12, 12, 12), bool)
+    mask[1:3, 1:3, 1:3] = True      # far from the core
+    mask[5:8, 5:8, 5:12] = True     # reaches the core and the high x face
+    core = (slice(4, 9), slice(4, 9), slice(4, 9))
+    faces = ((True, True), (True, True), (True, True))
+    keep, exact, n = kw.core_components(mask, core, faces)
+    assert not keep[1:3, 1:3, 1:3].any() and keep[5:8, 5:8, 5:12].all()
+    assert not exact and n == 3 * 3 * 4
+    keep, exact, n = kw.core_components(mask, core, ((True, True), (True, True), (True, False)))
+    assert exact and n == 0

@@ -58,7 +58,7 @@ def test_blockwise_equals_untiled_for_every_grid_order_and_worker_count(tissue):
 
     pred = GroundTruthPredictor(store, n_rays=32, drop_fraction=0.2, merge_fraction=0.02, false_rate=0.1,
                                 noise=0.02, seed=5)
-    common = dict(halo=(10, 16, 16))
+    common: dict = {}  # default halo cap: every block reads its components whole
     threads = {"kind": "threads", "n_workers": 2}
     ref = segment(store, "untiled", pred, SegmentationConfig(block_shape=SHAPE, **common), client=threads,
                   show_progress=False)

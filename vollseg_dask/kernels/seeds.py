@@ -432,6 +432,8 @@ def dilate_seeds(region: Sequence[slice], points: np.ndarray, ids: np.ndarray, r
     val = np.repeat(ids, len(off))
     keep = ((vox >= 0) & (vox < shape)).all(axis=1)
     vox, val = vox[keep], val[keep]
+    if len(vox) == 0:
+        return out
     lin = np.ravel_multi_index(tuple(vox.T), tuple(int(s) for s in shape))
     # largest id per voxel: sort by (lin, id), keep the last of each run
     order = np.lexsort((val, lin))

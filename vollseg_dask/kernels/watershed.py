@@ -37,12 +37,13 @@ __all__ = [
     "seeded_watershed",
     "cut_faces",
     "certify_block",
+    "core_components",
     "size_table",
     "select_objects",
 ]
 
 
-def watershed_keys(image: np.ndarray, markers: np.ndarray) -> np.ndarray:
+def watershed_keys(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Tie-free flooding keys with the same order as ``image`` except among tied marker pixels.
 
     Parameters
@@ -51,6 +52,8 @@ def watershed_keys(image: np.ndarray, markers: np.ndarray) -> np.ndarray:
         Flooding values (lower floods first), finite.
     markers : numpy.ndarray, shape of ``image``
         Non-zero on marker pixels.
+    mask : numpy.ndarray, shape of ``image``, bool, optional
+        Only these voxels get keys (others 0: they are never flooded); saves sorting the rest.
 
     Returns
     -------
@@ -64,7 +67,11 @@ def watershed_keys(image: np.ndarray, markers: np.ndarray) -> np.ndarray:
     markers = np.asarray(markers)
     if image.shape != markers.shape:
         raise ShapeError(f"image {image.shape} and markers {markers.shape} differ in shape")
-    flat = image.ravel()
+    sel = np.ones(image.size, bool) if mask is None else np.asarray(mask, bool).ravel()
+    if sel.size != image.size:
+        raise ShapeError(f"mask {np.shape(mask)} and image {image.shape} differ in shape")
+    idx = np.flatnonzero(sel)
+    flat = image.ravel()[idx]
     if flat.size and not np.isfinite(flat).all():
         raise InvalidDataError("watershed image holds NaN or infinite values")
     order = np.argsort(flat, kind="stable")
@@ -72,14 +79,16 @@ def watershed_keys(image: np.ndarray, markers: np.ndarray) -> np.ndarray:
     dense_sorted = np.cumsum(np.r_[False, sv[1:] != sv[:-1]]) if sv.size else np.zeros(0, np.int64)
     dense = np.empty(flat.size, np.int64)
     dense[order] = dense_sorted
-    is_marker = markers.ravel() != 0
+    is_marker = markers.ravel()[idx] != 0
     k = int(is_marker.sum())
     n_levels = int(dense_sorted[-1]) + 1 if sv.size else 0
     if n_levels * (k + 1) >= 2**53:
         raise ShapeError(f"block too large for exact watershed keys ({n_levels} levels x {k + 1} markers)")
     sub = np.full(flat.size, k, np.int64)
     sub[is_marker] = np.arange(k, dtype=np.int64)  # raster order = global coordinate order
-    return (dense * (k + 1) + sub).astype(np.float64).reshape(image.shape)
+    out = np.zeros(image.size, np.float64)
+    out[idx] = (dense * (k + 1) + sub).astype(np.float64)
+    return out.reshape(image.shape)
 
 
 def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *,
@@ -118,7 +127,7 @@ def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *
     local = np.zeros(image.shape, np.int32)
     nz = markers != 0
     local[nz] = (np.searchsorted(ids, markers[nz]) + 1).astype(np.int32)
-    keys = watershed_keys(image, local)
+    keys = watershed_keys(image, local, mask)
     out_local = watershed(keys, local, mask=mask, connectivity=connectivity)
     lut = np.concatenate([[np.uint64(0)], ids])
     return lut[out_local]
@@ -129,14 +138,13 @@ def cut_faces(read: Sequence[slice], shape: Sequence[int]) -> tuple[tuple[bool, 
     return tuple((s.start > 0, s.stop < n) for s, n in zip(read, shape, strict=True))
 
 
-def certify_block(mask: np.ndarray, core_in_read: Sequence[slice], faces: Sequence[tuple[bool, bool]], *,
-                  connectivity: int = 1) -> tuple[bool, int]:
-    """Whether a block's watershed is provably exact on its core.
+def core_components(mask: np.ndarray, core_in_read: Sequence[slice], faces: Sequence[tuple[bool, bool]], *,
+                    connectivity: int = 1) -> tuple[np.ndarray, bool, int]:
+    """The mask components that reach a block's core, and whether they are whole in the read region.
 
-    The flood of one mask component depends only on that component's values and markers
-    (with :func:`seeded_watershed`'s tie-breaking). If no component that reaches the core touches
-    a cut face of the read region, every such component lies wholly inside the read region and the
-    core's labels equal those of a whole-volume run.
+    The flood of one mask component depends only on that component's values and markers (with
+    :func:`seeded_watershed`'s tie-breaking), so a block floods only the components that reach its
+    core, and its core is provably exact when none of them touches a cut face of the read region.
 
     Parameters
     ----------
@@ -151,34 +159,42 @@ def certify_block(mask: np.ndarray, core_in_read: Sequence[slice], faces: Sequen
 
     Returns
     -------
+    keep : numpy.ndarray, shape (z, y, x), bool
+        Voxels of the components that reach the core.
+    exact : bool
+    n_unsafe : int
+        Core voxels whose component touches a cut face (0 when exact).
+    """
+    mask = np.asarray(mask, bool)
+    conn = {1: 6, 3: 26}.get(connectivity)
+    st = structure(conn) if conn is not None else ndimage.generate_binary_structure(3, connectivity)
+    lab, n = ndimage.label(mask, structure=st)
+    reach = np.zeros(n + 1, bool)  # per local component of this read region only
+    reach[np.unique(lab[tuple(core_in_read)])] = True
+    reach[0] = False
+    keep = reach[lab]
+    cut = np.zeros(n + 1, bool)
+    for ax, (lo, hi) in enumerate(faces):
+        for is_cut, idx in ((lo, 0), (hi, -1)):
+            if is_cut:
+                cut[np.unique(np.take(lab, idx, axis=ax))] = True
+    cut[0] = False
+    n_unsafe = int((cut & reach)[lab[tuple(core_in_read)]].sum())
+    return keep, n_unsafe == 0, n_unsafe
+
+
+def certify_block(mask: np.ndarray, core_in_read: Sequence[slice], faces: Sequence[tuple[bool, bool]], *,
+                  connectivity: int = 1) -> tuple[bool, int]:
+    """Whether a block's watershed is provably exact on its core (see :func:`core_components`).
+
+    Returns
+    -------
     exact : bool
     n_unsafe : int
         Core voxels whose mask component touches a cut face (0 when exact).
     """
-    mask = np.asarray(mask, bool)
-    conn = {1: 6, 3: 26}.get(connectivity)
-    if conn is None:
-        st = ndimage.generate_binary_structure(3, connectivity)
-    else:
-        st = structure(conn)
-    lab, n = ndimage.label(mask, structure=st)
-    if n == 0:
-        return True, 0
-    core = lab[tuple(core_in_read)]
-    touching: list[np.ndarray] = []
-    for ax, (lo, hi) in enumerate(faces):
-        for cut, idx in ((lo, 0), (hi, -1)):
-            if cut:
-                touching.append(np.take(lab, idx, axis=ax).ravel())
-    if not touching:
-        return True, 0
-    face_ids = np.unique(np.concatenate(touching))
-    face_ids = face_ids[face_ids != 0]
-    if face_ids.size == 0:
-        return True, 0
-    unsafe = np.isin(core, face_ids)
-    n_unsafe = int(unsafe.sum())
-    return n_unsafe == 0, n_unsafe
+    _, exact, n_unsafe = core_components(mask, core_in_read, faces, connectivity=connectivity)
+    return exact, n_unsafe
 
 
 def size_table(labels: np.ndarray, z_offset: int = 0) -> dict[str, np.ndarray]:

@@ -50,8 +50,10 @@ class SegmentationConfig(StrictModel):
     )
     marker_radius: int = Field(2, ge=0, description="Seeds are dilated by a ball of this radius (voxels).")
     watershed_connectivity: Literal[6, 26] = Field(6, description="Voxel adjacency of the watershed flood.")
-    halo: tuple[int, int, int] = Field((16, 32, 32), description="Watershed halo (z, y, x) in voxels; at least "
-                                       "the basin reach. Uncertified blocks escalate with a doubled halo.")
+    halo: tuple[int, int, int] = Field(
+        (32, 64, 64), description="Largest watershed halo (z, y, x) in voxels. A block reads the box of the U-Net "
+        "components that reach its core (exact by construction), each side capped at this; blocks that are not "
+        "provably exact and disagree with their neighbours are re-run with the cap doubled.")
     max_escalations: int = Field(2, ge=0, le=6, description="Times an uncertified block's halo may be doubled.")
     min_size: int = Field(0, ge=0, description="Objects with fewer voxels (3-D) are removed.")
     max_size: int | None = Field(None, ge=1, description="Objects with more voxels (3-D) are removed; None = no limit.")

@@ -499,23 +499,66 @@ def _mark_labels(store: str, name: str, cfg: SegmentationConfig | None, *, compl
     group.attrs.update({"vollseg_dask": info})
 
 
+def _reach(lay: RunLayout, t: int, base: BlockPlan, cfg: SegmentationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per block, the box holding every U-Net component that reaches its core (from the S3 table)."""
+    from vollseg_dask.kernels.components import box_reach
+
+    cols = ["z0", "y0", "x0", "z1", "y1", "x1"]
+    comp = read_table(lay.table("components", t), columns=cols)
+    if comp and len(comp["z0"]):
+        lo = np.stack([comp["z0"], comp["y0"], comp["x0"]], axis=1)
+        hi = np.stack([comp["z1"], comp["y1"], comp["x1"]], axis=1) + 1
+    else:
+        lo = hi = np.zeros((0, 3), np.int64)
+    reach_lo, reach_hi = box_reach(lo, hi, base.boundaries)
+    if cfg.refine_mask:
+        # polyhedra added into the mask can join components: widen by the largest of them
+        ids = read_table(lay.table("refine", t)).get("id", np.zeros(0, np.uint64))
+        if len(ids):
+            star = read_table(lay.table("stardist", t), columns=["id", *[f"b{c}" for c in cols]])
+            sel = np.isin(star["id"], ids)
+            ext = max(int((star[f"b{a}1"][sel] - star[f"b{a}0"][sel]).max()) + 1 for a in "zyx")
+            reach_lo = reach_lo - ext
+            reach_hi = reach_hi + ext
+    return reach_lo, reach_hi
+
+
+def _ws_block(b, reach_lo: np.ndarray, reach_hi: np.ndarray, cap: Sequence[int], vol: Sequence[int]):
+    """The block with its watershed read region: its components' box, each side capped at ``cap``."""
+    from vollseg_dask.plan import Block
+
+    r_lo, r_hi = reach_lo[b.index], reach_hi[b.index]
+    read = []
+    for a, c in enumerate(b.core):
+        # one voxel beyond the components' box: the certificate then sees that none continues
+        lo = c.start - min(max(c.start - int(r_lo[a]) + 1, 0), int(cap[a]))
+        hi = c.stop + min(max(int(r_hi[a]) + 1 - c.stop, 0), int(cap[a]))
+        read.append(slice(max(lo, 0), min(hi, int(vol[a]))))
+    return Block(index=b.index, core=b.core, read=tuple(read))
+
+
 def _watershed_rounds(runner: _Runner, ctx: T.RunContext, lay: RunLayout, cfg: SegmentationConfig,
                       vol: tuple[int, int, int], ts: range) -> dict[str, dict[str, Any]]:
-    """S5 with certificates: run every block, check non-exact ones against their neighbours' writes,
-    and re-run disagreeing blocks with a doubled halo (at most ``max_escalations`` times)."""
-    plans: dict[int, BlockPlan] = {}
+    """S5 with certificates.
 
-    def plan(level: int) -> BlockPlan:
-        if level not in plans:
-            plans[level] = _plans(vol, cfg, tuple(h * 2**level for h in cfg.halo))
-        return plans[level]
+    Each block reads the box of the U-Net components that reach its core (known exactly from the
+    S3 component table), each side capped at ``cfg.halo``: a block whose components fit is exact
+    by construction (and certified so). Blocks that are not exact are checked against their
+    neighbours' writes; disagreeing ones are re-run with the cap doubled, at most
+    ``cfg.max_escalations`` times.
+    """
+    base = _plans(vol, cfg, (0, 0, 0))
+    flat = {b.key: i for i, b in enumerate(base)}
+    reach = {t: _reach(lay, t, base, cfg) for t in ts}
 
-    base = plan(0)
+    def block(t: int, key: str, level: int):
+        cap = tuple(h * 2**level for h in cfg.halo)
+        return _ws_block(base.blocks[flat[key]], *reach[t], cap, vol)
+
     state_path = lay.state("ws_levels.json")
     levels: dict[str, int] = {f"{t}.{b.key}": 0 for t in ts for b in base}
     if state_path.is_file():
         levels.update(json.loads(state_path.read_text(encoding="utf-8")))
-    flat = {b.key: i for i, b in enumerate(base)}
     disagree: dict[str, int] = {}
     while True:
         units = []
@@ -524,15 +567,14 @@ def _watershed_rounds(runner: _Runner, ctx: T.RunContext, lay: RunLayout, cfg: S
                 lv = levels[f"{t}.{b.key}"]
                 m = lay.read_marker("ws", t, b.key)
                 if m is None or m.get("level") != lv:
-                    units.append((T.watershed, (ctx, t, plan(lv).blocks[flat[b.key]], lv)))
+                    units.append((T.watershed, (ctx, t, block(t, b.key, lv), lv)))
         runner.run(units, "S5 watershed")
         infos = {f"{t}.{b.key}": lay.read_marker("ws", t, b.key) for t in ts for b in base}
         check_keys = [k for k, v in infos.items() if not v["exact"]]
         checks = []
         for k in check_keys:
             t_s, key = k.split(".", 1)
-            lv = levels[k]
-            checks.append((T.ws_check, (ctx, int(t_s), plan(lv).blocks[flat[key]], lv)))
+            checks.append((T.ws_check, (ctx, int(t_s), block(int(t_s), key, levels[k]), levels[k])))
         counts = runner.run(checks, "S5 agreement")
         disagree = dict(zip(check_keys, counts, strict=True))
         escalate = [k for k, n in disagree.items() if n > 0 and levels[k] < cfg.max_escalations]
@@ -546,7 +588,8 @@ def _watershed_rounds(runner: _Runner, ctx: T.RunContext, lay: RunLayout, cfg: S
     for k, info in infos.items():
         n = disagree.get(k, 0)
         status = "exact" if info["exact"] else ("agreed" if n == 0 else "disagree")
-        certs[k] = {"status": status, "n_disagree": int(n), "n_unsafe": int(info["n_unsafe"]), "level": int(info["level"])}
+        certs[k] = {"status": status, "n_disagree": int(n), "n_unsafe": int(info["n_unsafe"]),
+                    "level": int(info["level"]), "halo": info["halo"]}
         if status == "disagree":
             LOG.warning("block %s: %d voxels disagree with neighbours after %d halo doublings", k, n, info["level"])
     return certs

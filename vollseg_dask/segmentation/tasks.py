@@ -434,15 +434,16 @@ def watershed(ctx: RunContext, t: int, block: Block, level: int) -> dict[str, An
     spts, sids = _seeds_in(ctx, t, read)
     markers = ks.dilate_seeds(read, spts, sids, cfg.marker_radius)
     conn = 1 if cfg.watershed_connectivity == 6 else 3
-    lab = kw.seeded_watershed(flood, markers, mask, connectivity=conn)
-    exact, n_unsafe = kw.certify_block(mask, block.core_in_read, kw.cut_faces(read, ctx.volume_shape),
-                                       connectivity=conn)
+    # flood only the components that reach the core: the others cannot change it
+    keep, exact, n_unsafe = kw.core_components(mask, block.core_in_read, kw.cut_faces(read, ctx.volume_shape),
+                                               connectivity=conn)
+    lab = kw.seeded_watershed(flood, markers, keep, connectivity=conn)
     ctx.write("prov", t, block.core, lab[block.core_in_read])
     if not exact:
         path = lay.ws_read(t, block.key, level)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(tmp, labels=lab)
+        np.savez_compressed(tmp, labels=lab, flooded=keep)
         tmp.replace(path)
     info = {"level": level, "exact": bool(exact), "n_unsafe": int(n_unsafe), "n_seeds": int(len(sids)),
             "halo": [int(c.start - r.start) for c, r in zip(block.core, read, strict=True)]}
@@ -455,7 +456,8 @@ def ws_check(ctx: RunContext, t: int, block: Block, level: int) -> int:
 
     Compares the block's own flood with what the neighbouring blocks wrote, in a band of half the
     halo around its core (voxels far from both blocks' cut faces, where both floods should be
-    reliable). Together with the neighbours' checks this covers both sides of every shared face.
+    reliable), on the components the block flooded. Together with the neighbours' checks this
+    covers both sides of every shared face.
 
     Returns
     -------
@@ -463,13 +465,15 @@ def ws_check(ctx: RunContext, t: int, block: Block, level: int) -> int:
         Voxels of the band where the two floods differ.
     """
     lay = ctx.layout
-    own = np.load(lay.ws_read(t, block.key, level))["labels"]
+    saved = np.load(lay.ws_read(t, block.key, level))
     read = tuple(block.read)
     band = tuple(slice(max(r.start, c.start - (c.start - r.start) // 2), min(r.stop, c.stop + (r.stop - c.stop) // 2))
                  for c, r in zip(block.core, read, strict=True))
     stored = ctx.read("prov", t, band)
-    own_band = own[tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(band, read, strict=True))]
-    return int((own_band != stored).sum())
+    local = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(band, read, strict=True))
+    own, flooded = saved["labels"][local], saved["flooded"][local]
+    # compare where this block flooded (components reaching its core)
+    return int(((own != stored) & flooded).sum())
 
 
 # --------------------------------------------------------------------------------------- S6
