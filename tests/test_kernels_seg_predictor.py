@@ -213,3 +213,19 @@ def test_face_only_walls_separate_under_6_connectivity_and_are_thinner():
             if q[ax] < crop.shape[ax] and crop[p] and crop[tuple(q)] and crop[tuple(q)] != crop[p]:
                 expect = True
         assert wall[p] == expect
+
+
+def test_object_without_interior_gets_finite_probability():
+    """A one-slice plate between two cells has no interior voxel: its probability is 1, never NaN."""
+    from vollseg_dask.predictors.base import make_rays
+    from vollseg_dask.predictors.ground_truth import ground_truth_maps
+
+    lab = np.zeros((9, 12, 12), np.uint32)
+    lab[1:4, 2:10, 2:10] = 1
+    lab[4, 2:10, 2:10] = 2
+    lab[5:8, 2:10, 2:10] = 3
+    full = (slice(0, 9), slice(0, 12), slice(0, 12))
+    maps = ground_truth_maps(lab, read=full, core=full, volume_shape=lab.shape, t=0, rays=make_rays(32),
+                             prob_threshold=0.5)
+    assert np.isfinite(maps.prob).all()
+    assert (maps.prob[lab == 2] == 1.0).all()

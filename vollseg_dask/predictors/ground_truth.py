@@ -291,7 +291,10 @@ def ground_truth_maps(labels: np.ndarray, *, read: Sequence[slice], core: Sequen
         inobj_c = inobj[cir]
         keep_obj = ~drop
         kept_vox = inobj_c & keep_obj[which[cir]]
-        prob[kept_vox] = (edt[kept_vox] / dmax[which[cir]][kept_vox]).astype(np.float32)
+        # an object without interior voxels (a one-slice plate) has dmax 0: it is all "centre", prob 1
+        den = dmax[which[cir]][kept_vox]
+        num = edt[kept_vox].astype(np.float64)
+        prob[kept_vox] = np.divide(num, den, out=np.ones_like(num), where=den > 0).astype(np.float32)
         own = ((centres >= core_lo) & (centres < core_lo + np.array(core_shape))).all(axis=1)
         pts = centres[own & keep_obj]
     fg = unet_foreground(labels, seed=seed, t=t, merge_fraction=merge_fraction,
