@@ -81,6 +81,11 @@ def test_end_to_end_then_resume_is_identical(synthetic_store, tmp_path):
     assert manifest["versions"]["numpy"] == np.__version__
     assert (out / "run_config.yaml").is_file() and (out / "summary.json").is_file()
     assert not (out / ".vollseg.lock").exists()
+    from vollseg_dask.io.tracks import read_tracks
+
+    tracks = read_tracks(out / "syn" / "tracks")
+    assert tracks.frame_interval == 60.0  # taken from the image's t scale (synthetic default)
+    assert len(tracks.spots) > 0 and (tracks.spots["track_id"] >= 0).mean() > 0.9
     first = _label_and_table_hashes(store, out)
 
     again = run(_config(store, out))

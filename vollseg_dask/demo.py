@@ -35,7 +35,6 @@ def demo_config(store: Path, out: Path, *, predictor: str = "network", n_workers
             "ALLOW_TRACK_SPLITTING": True,
             "SPLITTING_MAX_DISTANCE": 8.0,
             "min_tracklet_length": 0,
-            "time_units": "sec",
         },
     })
 

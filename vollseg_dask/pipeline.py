@@ -495,9 +495,17 @@ def _stage_measure(ds: _Dataset, client: Any, resume: bool) -> int:
 
 
 def _stage_track(ds: _Dataset, client: Any, resume: bool) -> int:
+    from vollseg_dask.io.omezarr import open_image
     from vollseg_dask.tracking import track
 
-    res = track(ds.dir / "cells", ds.dir / "tracks", ds.cfg.track, overwrite=True, progress=None)
+    tcfg = ds.cfg.track
+    if "frame_interval" not in tcfg.model_fields_set:
+        # the image's t scale is the truth unless the user set the interval on purpose
+        img = open_image(ds.store)
+        if img.frame_interval:
+            unit = img.units.get("t") or tcfg.time_units
+            tcfg = tcfg.model_copy(update={"frame_interval": float(img.frame_interval), "time_units": unit})
+    res = track(ds.dir / "cells", ds.dir / "tracks", tcfg, overwrite=True, progress=None)
     ds.manifest["tracking"] = {k: v for k, v in vars(res).items() if isinstance(v, int | float | str)}
     return 0
 
