@@ -348,3 +348,23 @@ def test_widget_shows_a_track(viewer: Any, run_dir: Path, tmp_path: Path) -> Non
     _not_uniform(viewer.screenshot(canvas_only=True, flash=False), min_colours=20)
     widget.view3d.setChecked(False)
     assert viewer.dims.ndisplay == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("napari_ome_zarr") is None, reason="napari-ome-zarr is not installed")
+def test_napari_ome_zarr_reads_our_store(run_dir: Path) -> None:
+    """The independent napari reader (napari-ome-zarr) opens our NGFF 0.5 store: image pyramid with its
+    physical scale, and the labels group as a labels layer."""
+    from napari_ome_zarr import napari_get_reader
+
+    store = run_dir / "image.zarr"
+    reader = napari_get_reader(str(store))
+    assert reader is not None
+    layers = reader(str(store))
+    kinds = [kind for _, _, kind in layers]
+    assert "image" in kinds and "labels" in kinds
+    image = next(layer for layer in layers if layer[2] == "image")
+    data, meta = image[0], image[1]
+    assert len(data) == 2 and data[0].shape == (T, Z, Y, X)
+    assert np.allclose(meta["scale"][-3:], VOXEL)
+    labels = next(layer for layer in layers if layer[2] == "labels")
+    assert int(np.asarray(labels[0][0]).max()) > 0
