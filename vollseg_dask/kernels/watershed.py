@@ -40,6 +40,9 @@ __all__ = [
     "core_components",
     "size_table",
     "select_objects",
+    "dilation_footprint",
+    "expansion_rounds",
+    "expand_labels",
 ]
 
 
@@ -261,3 +264,94 @@ def select_objects(ids: np.ndarray, count: np.ndarray, zmin: np.ndarray, zmax: n
     if kept.size >= 2**32:
         raise ShapeError(f"{kept.size} objects in one time point do not fit uint32 labels")
     return kept, np.arange(1, kept.size + 1, dtype=np.uint32)
+
+
+def dilation_footprint(radii: Sequence[int]) -> np.ndarray:
+    """Ellipsoid with per-axis radii ``(rz, ry, rx)`` voxels (a radius 0 gives the axis no extent).
+
+    Offsets ``o`` with ``sum((o_a / r_a)**2) <= 1`` over the axes with ``r_a > 0``. The set is closed
+    under shrinking any offset towards 0, so every voxel of the dilation is joined to the centre by a
+    monotone lattice path inside it.
+    """
+    r = [int(v) for v in radii]
+    if len(r) != 3 or any(v < 0 for v in r):
+        raise ShapeError(f"radii {tuple(radii)} must be 3 non-negative integers")
+    grids = np.meshgrid(*[np.arange(-v, v + 1) for v in r], indexing="ij")
+    q = np.zeros(grids[0].shape, np.float64)
+    for g, v in zip(grids, r, strict=True):
+        if v:
+            q += (g / v) ** 2
+    return q <= 1.0 + 1e-12
+
+
+def expansion_rounds(radii: Sequence[int], connectivity: int = 1) -> int:
+    """Rounds of one-voxel growth that reach every offset of :func:`dilation_footprint` (its reach).
+
+    ``connectivity`` 1 (6-neighbourhood): the largest L1 norm of an offset; otherwise the largest
+    Chebyshev norm.
+    """
+    fp = dilation_footprint(radii)
+    off = np.argwhere(fp) - np.array(fp.shape) // 2
+    if not len(off):
+        return 0
+    norm = np.abs(off).sum(axis=1) if connectivity == 1 else np.abs(off).max(axis=1)
+    return int(norm.max())
+
+
+def expand_labels(labels: np.ndarray, image: np.ndarray, allowed: np.ndarray, rounds: int, *,
+                  connectivity: int = 1) -> np.ndarray:
+    """Grow labels into free ``allowed`` voxels, one voxel per round, for ``rounds`` rounds.
+
+    In each round (synchronous), every unlabelled ``allowed`` voxel with a labelled neighbour takes
+    the label of the neighbour with the lowest ``image`` value, ties broken by the smallest label.
+    The result at a voxel depends only on the inputs within ``rounds`` voxels of it (bounded reach,
+    translation invariant), so a block computes it exactly on its core from a read region holding
+    the core grown by ``rounds``.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray, shape (z, y, x), uint64
+        Labels to grow (0 = free).
+    image : numpy.ndarray, shape (z, y, x), real
+        Flooding values (those of the watershed, lower = preferred), finite.
+    allowed : numpy.ndarray, shape (z, y, x), bool
+        Voxels that may take a label.
+    rounds : int
+    connectivity : {1, 3}
+        1 = 6-neighbourhood, 3 = 26-neighbourhood.
+
+    Returns
+    -------
+    numpy.ndarray, shape (z, y, x), uint64
+    """
+    lab = np.asarray(labels).astype(np.uint64, copy=True)
+    image = np.asarray(image, np.float64)
+    allowed = np.asarray(allowed, bool)
+    if not (lab.shape == image.shape == allowed.shape) or lab.ndim != 3:
+        raise ShapeError(f"labels {lab.shape}, image {image.shape}, allowed {allowed.shape} must be equal 3-D shapes")
+    st = structure(6 if connectivity == 1 else 26)
+    offsets = [tuple(int(v) - 1 for v in o) for o in np.argwhere(st) if tuple(o) != (1, 1, 1)]
+    shape = lab.shape
+    for _ in range(int(rounds)):
+        free = allowed & (lab == 0)
+        if not free.any():
+            break
+        zz, yy, xx = np.nonzero(free)
+        best_val = np.full(zz.size, np.inf)
+        best_lab = np.zeros(zz.size, np.uint64)
+        for dz, dy, dx in offsets:
+            nz, ny, nx = zz + dz, yy + dy, xx + dx
+            ok = (nz >= 0) & (nz < shape[0]) & (ny >= 0) & (ny < shape[1]) & (nx >= 0) & (nx < shape[2])
+            nl = np.zeros(zz.size, np.uint64)
+            nv = np.full(zz.size, np.inf)
+            nl[ok] = lab[nz[ok], ny[ok], nx[ok]]
+            nv[ok] = image[nz[ok], ny[ok], nx[ok]]
+            cand = nl != 0
+            better = cand & ((nv < best_val) | ((nv == best_val) & ((best_lab == 0) | (nl < best_lab))))
+            best_val = np.where(better, nv, best_val)
+            best_lab = np.where(better, nl, best_lab)
+        got = best_lab != 0
+        if not got.any():
+            break
+        lab[zz[got], yy[got], xx[got]] = best_lab[got]
+    return lab

@@ -163,7 +163,10 @@ def _versions() -> dict[str, str]:
 
 
 def _fingerprint(cfg: SegmentationConfig, predictor: Any, image_shape: tuple[int, ...], axes: str) -> dict[str, Any]:
-    return {"config": cfg.model_dump(mode="json"), "predictor": predictor.describe(),
+    conf = cfg.model_dump(mode="json")
+    if not any(cfg.mask_dilation):
+        conf.pop("mask_dilation")  # runs from before the option resume unchanged
+    return {"config": conf, "predictor": predictor.describe(),
             "image": {"shape": list(image_shape), "axes": axes}}
 
 
@@ -510,7 +513,11 @@ def _reach(lay: RunLayout, t: int, base: BlockPlan, cfg: SegmentationConfig) -> 
         hi = np.stack([comp["z1"], comp["y1"], comp["x1"]], axis=1) + 1
     else:
         lo = hi = np.zeros((0, 3), np.int64)
-    reach_lo, reach_hi = box_reach(lo, hi, base.boundaries)
+    # with a mask dilation a block certifies its core grown by the growth's reach: take the boxes
+    # meeting that grown core (boxes grown by the reach, then shrunk back)
+    r = T.ws_rounds(cfg)
+    reach_lo, reach_hi = box_reach(lo - r, hi + r, base.boundaries)
+    reach_lo, reach_hi = reach_lo + r, reach_hi - r
     if cfg.refine_mask:
         # polyhedra added into the mask can join components: widen by the largest of them
         ids = read_table(lay.table("refine", t)).get("id", np.zeros(0, np.uint64))
@@ -523,16 +530,22 @@ def _reach(lay: RunLayout, t: int, base: BlockPlan, cfg: SegmentationConfig) -> 
     return reach_lo, reach_hi
 
 
-def _ws_block(b, reach_lo: np.ndarray, reach_hi: np.ndarray, cap: Sequence[int], vol: Sequence[int]):
-    """The block with its watershed read region: its components' box, each side capped at ``cap``."""
+def _ws_block(b, reach_lo: np.ndarray, reach_hi: np.ndarray, cap: Sequence[int], vol: Sequence[int],
+              min_ext: int = 0):
+    """The block with its watershed read region: its components' box, each side capped at ``cap``.
+
+    ``min_ext`` (the reach of the growth into a dilated mask, plus one) is read on every side whatever
+    the cap, so that growth is exact on the core.
+    """
     from vollseg_dask.plan import Block
 
     r_lo, r_hi = reach_lo[b.index], reach_hi[b.index]
     read = []
     for a, c in enumerate(b.core):
         # one voxel beyond the components' box: the certificate then sees that none continues
-        lo = c.start - min(max(c.start - int(r_lo[a]) + 1, 0), int(cap[a]))
-        hi = c.stop + min(max(int(r_hi[a]) + 1 - c.stop, 0), int(cap[a]))
+        lim = max(int(cap[a]), min_ext)
+        lo = c.start - min(max(c.start - int(r_lo[a]) + 1, min_ext), lim)
+        hi = c.stop + min(max(int(r_hi[a]) + 1 - c.stop, min_ext), lim)
         read.append(slice(max(lo, 0), min(hi, int(vol[a]))))
     return Block(index=b.index, core=b.core, read=tuple(read))
 
@@ -550,10 +563,12 @@ def _watershed_rounds(runner: _Runner, ctx: T.RunContext, lay: RunLayout, cfg: S
     base = _plans(vol, cfg, (0, 0, 0))
     flat = {b.key: i for i, b in enumerate(base)}
     reach = {t: _reach(lay, t, base, cfg) for t in ts}
+    rounds = T.ws_rounds(cfg)
+    min_ext = rounds + 1 if rounds else 0
 
     def block(t: int, key: str, level: int):
         cap = tuple(h * 2**level for h in cfg.halo)
-        return _ws_block(base.blocks[flat[key]], *reach[t], cap, vol)
+        return _ws_block(base.blocks[flat[key]], *reach[t], cap, vol, min_ext)
 
     state_path = lay.state("ws_levels.json")
     levels: dict[str, int] = {f"{t}.{b.key}": 0 for t in ts for b in base}

@@ -414,6 +414,13 @@ def _seeds_in(ctx: RunContext, t: int, region) -> tuple[np.ndarray, np.ndarray]:
     return pts[sel], tab["id"][sel].astype(np.uint64)
 
 
+def ws_rounds(cfg: SegmentationConfig) -> int:
+    """Reach (voxels) of the growth into the dilated mask after the watershed; 0 without a dilation."""
+    if not any(cfg.mask_dilation):
+        return 0
+    return kw.expansion_rounds(cfg.mask_dilation, 1 if cfg.watershed_connectivity == 6 else 3)
+
+
 def watershed(ctx: RunContext, t: int, block: Block, level: int) -> dict[str, Any]:
     """S5: marker-controlled watershed of one block over its read region; writes the core + certificate."""
     lay = ctx.layout
@@ -422,28 +429,48 @@ def watershed(ctx: RunContext, t: int, block: Block, level: int) -> dict[str, An
         return done
     cfg = ctx.config
     read = tuple(block.read)
-    mask = ctx.read("mask", t, read) != 0
+    conn = 1 if cfg.watershed_connectivity == 6 else 3
+    rounds = ws_rounds(cfg)
+    # with a mask dilation, read the mask beyond the read region so that its dilation is exact in it
+    outer = _grow(read, cfg.mask_dilation, ctx.volume_shape) if rounds else read
+    mask = ctx.read("mask", t, outer) != 0
     if cfg.refine_mask:
         add_ids = read_table(lay.table("refine", t)).get("id", np.zeros(0, np.uint64)).astype(np.uint64)
         if len(add_ids):
-            pts, dist, prob, sid = _polyhedra_in(ctx, t, read, ids=add_ids)
+            pts, dist, prob, sid = _polyhedra_in(ctx, t, outer, ids=add_ids)
             if len(pts):
-                mask |= ks.render_polyhedra(read, pts, dist, prob, sid, ctx.rays, volume_shape=ctx.volume_shape) != 0
+                mask |= ks.render_polyhedra(outer, pts, dist, prob, sid, ctx.rays, volume_shape=ctx.volume_shape) != 0
+    dilated = None
+    if rounds:
+        from scipy import ndimage
+
+        inner = tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(read, outer, strict=True))
+        dilated = ndimage.binary_dilation(mask, structure=kw.dilation_footprint(cfg.mask_dilation))[inner]
+        mask = mask[inner]
     source = "prob" if cfg.flood == "probability" else "distance"
     flood = -ctx.read(source, t, read).astype(np.float32)
     spts, sids = _seeds_in(ctx, t, read)
     markers = ks.dilate_seeds(read, spts, sids, cfg.marker_radius)
-    conn = 1 if cfg.watershed_connectivity == 6 else 3
-    # flood only the components that reach the core: the others cannot change it
-    keep, exact, n_unsafe = kw.core_components(mask, block.core_in_read, kw.cut_faces(read, ctx.volume_shape),
+    # flood only the components that reach the core (grown by the expansion's reach): the others
+    # cannot change it
+    certified = tuple(block.core_in_read)
+    if rounds:
+        certified = tuple(slice(max(0, c.start - rounds), min(n, c.stop + rounds))
+                          for c, n in zip(certified, mask.shape, strict=True))
+    keep, exact, n_unsafe = kw.core_components(mask, certified, kw.cut_faces(read, ctx.volume_shape),
                                                connectivity=conn)
     lab = kw.seeded_watershed(flood, markers, keep, connectivity=conn)
+    flooded = keep
+    if rounds:
+        # cells grow into the dilated mask (membrane walls), never into components not flooded here
+        lab = kw.expand_labels(lab, flood, dilated & ~(mask & ~keep), rounds, connectivity=conn)
+        flooded = keep | (lab != 0)
     ctx.write("prov", t, block.core, lab[block.core_in_read])
     if not exact:
         path = lay.ws_read(t, block.key, level)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(tmp, labels=lab, flooded=keep)
+        np.savez_compressed(tmp, labels=lab, flooded=flooded)
         tmp.replace(path)
     info = {"level": level, "exact": bool(exact), "n_unsafe": int(n_unsafe), "n_seeds": int(len(sids)),
             "halo": [int(c.start - r.start) for c, r in zip(block.core, read, strict=True)]}
