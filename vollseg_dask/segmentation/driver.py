@@ -277,7 +277,8 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
     out_axes = axes
     out_path = f"labels/{out_name}/0"
     ctx = T.RunContext(layout=lay, image_store=store, image_path=img.path, image_axes=axes, volume_shape=vol,
-                       n_t=n_t, config=cfg, n_rays=int(predictor.n_rays), prob_threshold=float(prob_thr),
+                       n_t=n_t, config=cfg, n_rays=int(predictor.n_rays),
+                       rays_json=json.dumps(predictor.rays.to_json(), sort_keys=True), prob_threshold=float(prob_thr),
                        nms_threshold=float(nms_thr), out_path=out_path, out_axes=out_axes, out_channels=n_c,
                        pad=pad)
 

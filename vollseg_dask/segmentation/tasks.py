@@ -24,10 +24,14 @@ __all__ = ["RunContext"]
 
 
 @functools.lru_cache(maxsize=8)
-def _rays(n_rays: int):
-    from vollseg_dask.predictors.base import make_rays
+def _rays(rays_json: str):
+    # The predictor's own rays (a StarDist model's may be anisotropic): candidates' distances are
+    # only meaningful along the rays the network was trained with.
+    import json
 
-    return make_rays(n_rays)
+    from stardist.rays3d import rays_from_json
+
+    return rays_from_json(json.loads(rays_json))
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class RunContext:
     n_t: int
     config: SegmentationConfig
     n_rays: int
+    rays_json: str  # JSON of the predictor's StarDist rays (``Rays_Base.to_json()``)
     prob_threshold: float
     nms_threshold: float
     out_path: str  # level-0 array path of the output labels inside the store
@@ -53,7 +58,7 @@ class RunContext:
 
     @property
     def rays(self):
-        return _rays(self.n_rays)
+        return _rays(self.rays_json)
 
     def _index(self, t: int, region) -> tuple:
         return (t, *(slice(s.start + p, s.stop + p) for s, p in zip(region, self.pad, strict=True)))
