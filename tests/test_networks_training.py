@@ -262,6 +262,20 @@ def test_training_from_store(tmp_path):
     with pytest.raises(ConfigError, match="out of range"):
         sources_from_store(store, "ground_truth", timepoints=[5])
 
+    # StarDist alone from the store, validated and thresholded on a held-out time point
+    from vollseg_dask.networks.training import train_from_config
+
+    cfg = TrainingConfig(store=str(store), timepoints=[0], validation_store=str(store), validation_timepoints=[1],
+                         PatchZ=8, PatchY=32, PatchX=32, n_patches_per_image=2, n_augmented_copies=0,
+                         TrainSTAR=True, TrainUNET=False, Epochs=1, steps_per_epoch=1, startfilter=4, Rays=16,
+                         star_conv_after_unet=8, threshold_max_candidates=100, model_dir=str(tmp_path / "m"))
+    res = train_from_config(cfg)
+    assert res.n_train == 2 and res.n_val == 2 and set(res.folders) == {"stardist"}
+    th = json.loads((tmp_path / "m" / "vollseg" / "stardist" / "thresholds.json").read_text())
+    assert th == res.thresholds and 0 < th["prob"] < 1 and th["nms"] in (0.3, 0.4, 0.5)
+    sd_cfg = json.loads((tmp_path / "m" / "vollseg" / "stardist" / "config.json").read_text())
+    assert sd_cfg["anisotropy"] == [4.0, 1.0, 1.0]  # from the store's voxel size (2, 0.5, 0.5)
+
 
 def test_imports_do_not_load_tensorflow():
     import subprocess
@@ -275,3 +289,32 @@ def test_imports_do_not_load_tensorflow():
             "print(sorted(m for m in ('tensorflow', 'keras', 'csbdeep', 'stardist') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("mode", ["one_sided", "inner"])
+def test_patch_targets_match_whole_volume_and_follow_augmentation(mode):
+    pytest.importorskip("stardist")
+    from stardist.data import test_image_nuclei_3d
+
+    from vollseg_dask.networks.data import TrainingSource
+    from vollseg_dask.networks.training import KIND_AUGMENTED, KIND_ORIGINAL, generate_patches
+    from vollseg_dask.networks.unet import unet_target
+
+    img, lbl = test_image_nuclei_3d(return_mask=True)
+    src = TrainingSource("demo", img, lbl.astype(np.int32), (1.0, 1.0, 1.0), *np.percentile(img, [1, 99.8]))
+    cfg = TrainingConfig(BaseDir="unused", PatchZ=8, PatchY=24, PatchX=24, n_patches_per_image=6,
+                         n_augmented_copies=2, boundary_mode=mode, validation_split=0.0, seed=3)
+    p = generate_patches([src], [], cfg)
+    whole = unet_target(lbl.astype(np.int32), 1, mode)
+    orig = np.flatnonzero(p.kind == KIND_ORIGINAL)
+    assert len(orig) == 6 and (p.kind == KIND_AUGMENTED).sum() == 12 and len(p.X_val) == 0
+    for i in orig:
+        region = tuple(slice(int(c), int(c) + s) for c, s in zip(p.corner[i], (8, 24, 24), strict=True))
+        np.testing.assert_array_equal(p.B[i], whole[region])  # the target with its true context
+        np.testing.assert_array_equal(p.Y[i], lbl[region])
+        np.testing.assert_allclose(p.X[i], (img[region] - src.lo) / (src.hi - src.lo), rtol=1e-5, atol=1e-6)
+    # augmented copies: targets recomputed from the transformed labels (one-sided boundaries stay on
+    # the raster-earlier side), checked away from the patch rim where context is missing
+    inner = (slice(1, -1),) * 3
+    for i in np.flatnonzero(p.kind == KIND_AUGMENTED):
+        np.testing.assert_array_equal(p.B[i][inner], unet_target(p.Y[i], 1, mode)[inner])

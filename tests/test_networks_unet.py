@@ -23,9 +23,11 @@ def _voronoi_labels(shape, n, rng, background=True):
     return lab
 
 
-def _brute_touching(lab, connectivity):
+def _brute_touching(lab, connectivity, one_sided=False):
     fp = ndi.generate_binary_structure(lab.ndim, connectivity)
     offs = [np.array(o) - 1 for o in zip(*np.nonzero(fp), strict=True) if any(np.array(o) != 1)]
+    if one_sided:  # raster-later neighbours only
+        offs = [o for o in offs if o[o != 0][0] > 0]
     out = np.zeros(lab.shape, bool)
     for idx in itertools.product(*[range(s) for s in lab.shape]):
         v = lab[idx]
@@ -43,10 +45,11 @@ def _brute_touching(lab, connectivity):
 
 
 @pytest.mark.parametrize("connectivity", [1, 3])
-def test_touching_boundaries_equals_brute_force(rng, connectivity):
+@pytest.mark.parametrize("one_sided", [False, True])
+def test_touching_boundaries_equals_brute_force(rng, connectivity, one_sided):
     lab = _voronoi_labels((6, 12, 11), 9, rng)
-    got = touching_boundaries(lab, connectivity)
-    np.testing.assert_array_equal(got, _brute_touching(lab, connectivity))
+    got = touching_boundaries(lab, connectivity, one_sided=one_sided)
+    np.testing.assert_array_equal(got, _brute_touching(lab, connectivity, one_sided))
     # it is skimage's inner boundary minus the contacts with background only
     from skimage.segmentation import find_boundaries
 
@@ -54,28 +57,42 @@ def test_touching_boundaries_equals_brute_force(rng, connectivity):
     assert (got <= inner).all()
 
 
-def test_unet_target_separates_touching_cells(rng):
+def test_one_sided_target_equals_ground_truth_predictor_mask(rng):
+    # the segmentation engine's ideal U-Net mask (an independent implementation) is what we train for
+    from vollseg_dask.predictors.ground_truth import unet_foreground
+
+    lab = _voronoi_labels((8, 20, 18), 14, rng)
+    np.testing.assert_array_equal(unet_target(lab, 1, "one_sided"), unet_foreground(lab).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["one_sided", "inner"])
+def test_unet_target_separates_touching_cells(rng, mode):
     lab = _voronoi_labels((10, 24, 24), 12, rng, background=False)  # every cell touches others
-    assert unet_target(lab, 0).all()  # width 0: plain foreground
+    assert unet_target(lab, 0, mode).all()  # width 0: plain foreground
+    full = ndi.generate_binary_structure(3, 3)
     for width in (1, 2):
-        tgt = unet_target(lab, width)
+        tgt = unet_target(lab, width, mode)
         assert tgt.dtype == np.uint8 and set(np.unique(tgt)) <= {0, 1}
         assert (tgt <= (lab > 0)).all()
-        cc, n = ndi.label(tgt)  # face connectivity, as the mask is used
+        cc, n = ndi.label(tgt, structure=full)  # 26-connectivity, as the engine labels the mask
         # every component lies in one cell, every cell keeps a component
         for c in range(1, n + 1):
             assert len(np.unique(lab[cc == c])) == 1
         assert len(np.unique(lab[tgt > 0])) == lab.max()
-    # wider boundaries remove more
-    assert unet_target(lab, 2).sum() < unet_target(lab, 1).sum()
+    # wider boundaries remove more; one-sided removes less than two-sided
+    assert unet_target(lab, 2, mode).sum() < unet_target(lab, 1, mode).sum()
+    assert unet_target(lab, 1, "one_sided").sum() > unet_target(lab, 1, "inner").sum()
 
 
 def test_unet_target_keeps_border_to_background():
     lab = np.zeros((5, 9, 9), np.int32)
     lab[1:4, 2:7, 2:7] = 1  # one isolated cell: nothing to remove
     np.testing.assert_array_equal(unet_target(lab, 1), (lab > 0).astype(np.uint8))
+    np.testing.assert_array_equal(unet_target(lab, 1, "inner"), (lab > 0).astype(np.uint8))
     with pytest.raises(DTypeError, match="float"):
         unet_target(lab.astype(np.float32), 1)
+    with pytest.raises(ValueError, match="boundary mode"):
+        unet_target(lab, 1, "outer")
 
 
 def test_unet_trains_on_stardist_demo(tmp_path):
@@ -112,7 +129,8 @@ def test_unet_trains_on_stardist_demo(tmp_path):
     assert dice > 0.65, dice
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["model_type"] == "vollseg_dask.unet" and cfg["unet_last_activation"] == "sigmoid"
-    assert cfg["boundary_width"] == 1 and cfg["train_patch_shape"] == [12, 24, 24]
+    assert cfg["boundary_width"] == 1 and cfg["boundary_mode"] == "one_sided"
+    assert cfg["train_patch_shape"] == [12, 24, 24]
 
     again = load_model_folder(folder, "unet")
     np.testing.assert_allclose(again.predict(img, lo, hi), prob, atol=1e-5)

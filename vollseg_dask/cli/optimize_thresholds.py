@@ -39,9 +39,12 @@ def _ints(values: tuple[str, ...]) -> list[int] | None:
 @click.option("--pmin", type=float, default=1.0, show_default=True, help="Low normalisation percentile.")
 @click.option("--pmax", type=float, default=99.8, show_default=True, help="High normalisation percentile.")
 @click.option("--n-tiles", type=int, nargs=3, default=None, help="Tiles (z y x) for large volumes.")
+@click.option("--max-candidates", type=click.IntRange(min=10), default=3000, show_default=True,
+              help="At most this many candidates per volume at the lowest probability tried.")
 def command(model_dir: Path, images: tuple[Path, ...], labels: tuple[Path, ...], store: Path | None,
             labels_name: str, timepoints: tuple[str, ...], channel: int, nms_threshs: tuple[float, ...],
-            iou_threshs: tuple[float, ...], pmin: float, pmax: float, n_tiles: tuple[int, int, int] | None) -> None:
+            iou_threshs: tuple[float, ...], pmin: float, pmax: float, n_tiles: tuple[int, int, int] | None,
+            max_candidates: int) -> None:
     """Optimise the thresholds of the StarDist3D model in MODEL_DIR on validation volumes.
 
     Writes MODEL_DIR/thresholds.json and prints it.
@@ -61,5 +64,5 @@ def command(model_dir: Path, images: tuple[Path, ...], labels: tuple[Path, ...],
         model_dir, list(images) or None, list(labels) or None, store=store, labels_name=labels_name,
         timepoints=_ints(timepoints), channel=channel, nms_threshs=nms_threshs or (0.3, 0.4, 0.5),
         iou_threshs=iou_threshs or (0.3, 0.5, 0.7), n_tiles=tuple(n_tiles) if n_tiles else None,
-        pmin=pmin, pmax=pmax)
+        pmin=pmin, pmax=pmax, max_candidates=max_candidates)
     click.echo(json.dumps(th))

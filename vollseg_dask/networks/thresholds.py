@@ -66,7 +66,7 @@ def optimize_thresholds(model_dir: str | os.PathLike[str], images: Sequence[Any]
                         channel: int = 0, nms_threshs: Sequence[float] = (0.3, 0.4, 0.5),
                         iou_threshs: Sequence[float] = (0.3, 0.5, 0.7),
                         n_tiles: tuple[int, int, int] | None = None, pmin: float = 1.0,
-                        pmax: float = 99.8) -> dict[str, float]:
+                        pmax: float = 99.8, max_candidates: int = 3000) -> dict[str, float]:
     """Optimise a StarDist3D folder's thresholds on validation volumes and write ``thresholds.json``.
 
     Uses stardist's ``StarDist3D.optimize_thresholds``: for each NMS threshold in ``nms_threshs``,
@@ -83,6 +83,8 @@ def optimize_thresholds(model_dir: str | os.PathLike[str], images: Sequence[Any]
         Candidates / IoU thresholds, each in (0, 1).
     n_tiles : tuple of 3 int or None
         Tiling of the prediction.
+    max_candidates : int
+        At most this many candidates per volume at the lowest probability tried (bounds NMS cost).
 
     Returns
     -------
@@ -99,7 +101,8 @@ def optimize_thresholds(model_dir: str | os.PathLike[str], images: Sequence[Any]
     X, Y = validation_volumes(images, labels, store=store, labels_name=labels_name, timepoints=timepoints,
                               channel=channel, pmin=pmin, pmax=pmax)
     th = optimize_stardist_thresholds(model, X, Y, tuple(float(v) for v in nms_threshs),
-                                      tuple(float(v) for v in iou_threshs), n_tiles=n_tiles)
+                                      tuple(float(v) for v in iou_threshs), n_tiles=n_tiles,
+                                      max_candidates=max_candidates)
     written = Path(model_dir) / "thresholds.json"
     if not written.is_file():  # stardist writes into its logdir, which is model_dir
         raise ConfigError(f"stardist did not write {written}")

@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -79,14 +79,16 @@ class TrainingConfig(StrictModel):
     raw_dir: str = Field("Raw", description="Sub-folder of base_dir with raw volumes.")
     seg_dir: str = Field("Segmentation", alias="real_mask_dir",
                          description="Sub-folder of base_dir with instance label volumes.")
-    store: str | None = Field(None, description="OME-Zarr image store (instead of base_dir).")
+    store: str | list[str] | None = Field(
+        None, description="OME-Zarr image store(s) with a labels group (instead of base_dir).")
     labels_name: str = Field("ground_truth", description="Labels group of the store.")
     timepoints: list[int] | None = Field(None, description="Time points of the store to use (default all).")
     channel: int = Field(0, ge=0, description="Channel of the store's image (if it has a c axis).")
     voxel_size: tuple[float, float, float] | None = Field(
         None, description="Voxel size (z, y, x) µm; default from the store / TIFF metadata.")
     validation_base_dir: str | None = Field(None, description="Folder pair for validation (held out).")
-    validation_store: str | None = Field(None, description="OME-Zarr store for validation (held out).")
+    validation_store: str | list[str] | None = Field(
+        None, description="OME-Zarr store(s) for validation (held out).")
     validation_timepoints: list[int] | None = Field(None, description="Time points of the validation store.")
     validation_split: float = Field(0.1, ge=0.0, lt=1.0,
                                     description="Fraction of patches held out when no validation source is given.")
@@ -138,11 +140,16 @@ class TrainingConfig(StrictModel):
         None, description="StarDist anisotropy (z, y, x); default voxel_size / min(voxel_size).")
     star_conv_after_unet: int = Field(64, ge=0, description="StarDist: filters of the conv layer after its U-Net.")
     boundary_width: int = Field(1, ge=0, le=10,
-                                description="U-Net target: voxels removed on each side of a cell-cell contact.")
+                                description="U-Net target: width (voxels) of the cell-cell boundary removed.")
+    boundary_mode: Literal["one_sided", "inner"] = Field(
+        "one_sided", description="U-Net target: one_sided removes the raster-earlier voxel of each touching "
+                                 "pair (1-voxel gap), inner removes both (find_boundaries mode='inner').")
     unet_threshold: float = Field(0.5, gt=0, lt=1, description="U-Net foreground probability threshold (recorded).")
     n2v_perc_pix: float = Field(0.2, gt=0, le=50, description="N2V: percent of voxels masked per patch.")
     n2v_neighborhood_radius: int = Field(2, ge=1, le=10, description="N2V: replacement window radius (voxels).")
     optimize_thresholds: bool = Field(True, description="Optimise StarDist thresholds on the validation data.")
+    threshold_max_candidates: int = Field(
+        3000, ge=10, description="Threshold search: at most this many candidates per validation volume.")
 
     # ------------------------------------------------------------------ output
     model_dir: str = Field("models", description="Parent folder of the model folders.")
@@ -253,7 +260,9 @@ def load_training_sources(config: TrainingConfig) -> tuple[list[TrainingSource],
     if config.base_dir is not None:
         train = sources_from_folders(config.base_dir, config.raw_dir, config.seg_dir, **kw)
     elif config.store is not None:
-        train = sources_from_store(config.store, config.labels_name, config.timepoints, config.channel, **kw)
+        train = []
+        for store in _as_list(config.store):
+            train += sources_from_store(store, config.labels_name, config.timepoints, config.channel, **kw)
     else:
         raise ConfigError("no training data: set base_dir (BaseDir) or store")
     return train, load_validation_sources(config)
@@ -266,17 +275,35 @@ def load_validation_sources(config: TrainingConfig) -> list[TrainingSource]:
     if config.validation_base_dir is not None:
         val = sources_from_folders(config.validation_base_dir, config.raw_dir, config.seg_dir, **kw)
     elif config.validation_store is not None:
-        val = sources_from_store(config.validation_store, config.labels_name, config.validation_timepoints,
-                                 config.channel, **kw)
+        for store in _as_list(config.validation_store):
+            val += sources_from_store(store, config.labels_name, config.validation_timepoints, config.channel, **kw)
     return val
 
 
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
 # ----------------------------------------------------------------------------------------- patches
-def _unet_target_region(src: TrainingSource, region: tuple[slice, ...], width: int) -> np.ndarray:
+def _target_margin(config: TrainingConfig) -> int:
+    return config.boundary_width + 1
+
+
+def _labels_with_margin(src: TrainingSource, region: tuple[slice, ...], margin: int) -> np.ndarray:
+    """Labels over ``region`` grown by ``margin`` on every side; beyond the volume, background
+    (as :func:`~vollseg_dask.networks.unet.unet_target` treats the outside of its input)."""
+    read, inner = expand_region(region, margin, src.shape)
+    lab = src.read_labels(read)
+    pad = [(margin - i.start, margin - (r.stop - r.start - i.stop)) for r, i in zip(read, inner, strict=True)]
+    return np.pad(lab, pad, mode="constant", constant_values=0)
+
+
+def _target_from_margin(lab_m: np.ndarray, config: TrainingConfig) -> np.ndarray:
     from vollseg_dask.networks.unet import unet_target
 
-    read, inner = expand_region(region, width + 1, src.shape)
-    return unet_target(src.read_labels(read), width)[inner]
+    m = _target_margin(config)
+    crop = (slice(m, -m),) * 3
+    return unet_target(lab_m, config.boundary_width, config.boundary_mode)[crop]
 
 
 def _patches_of_sources(sources: list[TrainingSource], config: TrainingConfig, rng: np.random.Generator,
@@ -290,17 +317,22 @@ def _patches_of_sources(sources: list[TrainingSource], config: TrainingConfig, r
 
         corners = sample_patch_corners(src.shape, patch, config.n_patches_per_image, rng, accept=fg_fraction,
                                        min_score=config.min_foreground_fraction)
+        m = _target_margin(config)
+        inner = (slice(m, -m),) * 3
         for corner in corners:
             region = tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
             x = src.read_image(region)
-            y = src.read_labels(region)
-            b = _unet_target_region(src, region, config.boundary_width)
+            lab_m = _labels_with_margin(src, region, m)
+            y = lab_m[inner]
+            b = _target_from_margin(lab_m, config)
             copies = [(x, y, b, KIND_ORIGINAL)]
             for _ in range(config.n_augmented_copies):
-                xa, ya, ba = augment_together((x, y, b), rng)
+                # transform image and labels (with margin, symmetric), then make the target from the
+                # transformed labels: one-sided boundaries depend on orientation
+                xa, la = augment_together((x, lab_m), rng)
                 if rng.random() < config.noise_probability:
                     xa = add_noise(xa, rng, config.poisson_peak, config.gaussian_sigma)
-                copies.append((xa, ya, ba, KIND_AUGMENTED))
+                copies.append((xa, la[inner], _target_from_margin(la, config), KIND_AUGMENTED))
             for xx, yy, bb, kind in copies:
                 out["X"].append(xx.astype(np.float32))
                 out["Y"].append(yy.astype(np.int32))
@@ -361,6 +393,7 @@ def generate_patches(train_sources: list[TrainingSource], val_sources: list[Trai
         "voxel_size": list(vs),
         "patch_shape": list(patch),
         "boundary_width": config.boundary_width,
+        "boundary_mode": config.boundary_mode,
         "norm": [config.norm_pmin, config.norm_pmax],
         "sources": [s.name for s in all_sources],
         "n_train_sources": len(train_sources),
@@ -432,14 +465,19 @@ def load_npz(path: str | os.PathLike[str]) -> PatchSet:
     return PatchSet(meta=meta, **kw)
 
 
-def _recompute_targets(patches: PatchSet, width: int) -> None:
-    """U-Net targets from the patch labels (when the file was made with another boundary width)."""
+def _recompute_targets(patches: PatchSet, width: int, mode: str) -> None:
+    """U-Net targets from the patch labels (when the file was made with another boundary setting).
+
+    Without the sources, a patch's own labels are all there is: the rim of each patch may miss
+    a boundary to a cell just outside it.
+    """
     from vollseg_dask.networks.unet import unet_target
 
-    patches.B = np.stack([unet_target(y, width) for y in patches.Y]) if len(patches.Y) else patches.B
+    patches.B = np.stack([unet_target(y, width, mode) for y in patches.Y]) if len(patches.Y) else patches.B
     if len(patches.Y_val):
-        patches.B_val = np.stack([unet_target(y, width) for y in patches.Y_val])
+        patches.B_val = np.stack([unet_target(y, width, mode) for y in patches.Y_val])
     patches.meta["boundary_width"] = width
+    patches.meta["boundary_mode"] = mode
 
 
 # ----------------------------------------------------------------------------------------- StarDist
@@ -458,7 +496,7 @@ def train_stardist(X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, Y_val: np.nd
                    kernel: int = 3, conv_after_unet: int = 64, epochs: int = 20, steps_per_epoch: int = 50,
                    learning_rate: float = 3e-4, batch_size: int = 2, seed: int = 0,
                    optimize_on: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
-                   verbose: int = 0) -> tuple[Any, dict[str, list[float]], dict[str, float] | None]:
+                   max_candidates: int = 3000, verbose: int = 0) -> tuple[Any, dict[str, list[float]], dict[str, float] | None]:
     """Train a StarDist3D model (golden-spiral rays) and write its folder.
 
     Parameters
@@ -477,6 +515,8 @@ def train_stardist(X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, Y_val: np.nd
         Schedule.
     optimize_on : (list of images, list of labels) or None
         Normalised volumes for ``optimize_thresholds`` (``None``: skip; thresholds default).
+    max_candidates : int
+        See :func:`optimize_stardist_thresholds`.
 
     Returns
     -------
@@ -518,18 +558,24 @@ def train_stardist(X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, Y_val: np.nd
     history["seconds"] = [round(seconds, 2)]
     thresholds = None
     if optimize_on is not None:
-        thresholds = optimize_stardist_thresholds(model, *optimize_on)
+        thresholds = optimize_stardist_thresholds(model, *optimize_on, max_candidates=max_candidates)
     return model, history, thresholds
 
 
 def optimize_stardist_thresholds(model: Any, images: list[np.ndarray], labels: list[np.ndarray],
                                  nms_threshs: tuple[float, ...] = (0.3, 0.4, 0.5),
                                  iou_threshs: tuple[float, ...] = (0.3, 0.5, 0.7),
-                                 n_tiles: tuple[int, int, int] | None = None) -> dict[str, float]:
+                                 n_tiles: tuple[int, int, int] | None = None,
+                                 max_candidates: int = 3000, tol: float = 1e-2,
+                                 save_to_json: bool = True) -> dict[str, float]:
     """Choose prob/NMS thresholds on normalised validation volumes; writes ``thresholds.json``.
 
-    stardist's ``optimize_thresholds``: for each NMS threshold, the probability threshold that
-    maximises the mean F1 over ``iou_threshs`` (Hungarian-free greedy matching of stardist).
+    stardist's procedure (``StarDist3D.optimize_thresholds``): predict once; for each NMS threshold,
+    a golden-section search of the probability threshold maximising the accuracy averaged over
+    ``iou_threshs`` (``stardist.utils.optimize_threshold``); keep the best pair. One change: the
+    search bracket's lower end is raised so that at most ``max_candidates`` grid points per
+    volume pass it (stardist starts at half the maximum probability, which for a weakly trained
+    model can mean every voxel is a candidate and NMS never ends).
 
     Parameters
     ----------
@@ -538,22 +584,52 @@ def optimize_stardist_thresholds(model: Any, images: list[np.ndarray], labels: l
         Normalised validation volumes.
     labels : list of numpy.ndarray, shape (z, y, x), int
         Their instance labels.
+    nms_threshs, iou_threshs : tuple of float
+    n_tiles : tuple of 3 int or None
+    max_candidates : int
+        Cap on the candidates per volume at the lowest probability threshold tried.
 
     Returns
     -------
     dict
-        ``{"prob": float, "nms": float}`` (also in ``model.thresholds`` and ``thresholds.json``).
+        ``{"prob": float, "nms": float}`` (also set as ``model.thresholds`` and written to
+        ``thresholds.json`` in the model folder when ``save_to_json``).
     """
+    from csbdeep.utils import save_json
+    from stardist.utils import optimize_threshold
+
     from vollseg_dask.networks.folders import quiet_stdout
 
     if not images or len(images) != len(labels):
         raise ConfigError(f"need matching validation images and labels, got {len(images)} and {len(labels)}")
-    kw = {} if n_tiles is None else {"n_tiles": tuple(n_tiles)}
+    Y = [np.asarray(y) for y in labels]
     with quiet_stdout(LOG):
-        th = model.optimize_thresholds(list(images), list(labels), nms_threshs=list(nms_threshs),
-                                       iou_threshs=list(iou_threshs), predict_kwargs=kw,
-                                       optimize_kwargs={"tol": 1e-2}, save_to_json=True)
-    return {"prob": float(th["prob"]), "nms": float(th["nms"])}
+        Yhat = []
+        for x in images:
+            tiles = tuple(n_tiles) if n_tiles is not None else model._guess_n_tiles(x)
+            Yhat.append(model.predict(np.asarray(x, np.float32), n_tiles=tiles, show_tile_progress=False)[:2])
+    max_prob = max(float(np.max(p)) for p, _ in Yhat)
+    if max_prob <= 0:
+        raise InvalidDataError("StarDist predicts zero probability everywhere on the validation data")
+    lows = []
+    for p, _ in Yhat:
+        flat = np.sort(p.ravel())[::-1]
+        lows.append(float(flat[min(max_candidates, flat.size) - 1]))
+    lo = min(max(max_prob / 2, max(lows)), max_prob * 0.999)
+    bracket = (lo, max_prob)
+    best = (None, -np.inf, None)
+    for nms in nms_threshs:
+        with quiet_stdout(LOG):
+            prob, score = optimize_threshold(Y, Yhat, model=model, nms_thresh=float(nms), iou_threshs=list(iou_threshs),
+                                             bracket=bracket, tol=tol, verbose=0)
+        LOG.info("nms %.2f: prob %.3f -> accuracy %.4f", nms, prob, score)
+        if score > best[1]:
+            best = (float(np.clip(prob, *bracket)), float(score), float(nms))
+    th = {"prob": best[0], "nms": best[2]}
+    model.thresholds = th
+    if save_to_json and getattr(model, "logdir", None) is not None:
+        save_json(th, str(model.logdir / "thresholds.json"))
+    return th
 
 
 # ----------------------------------------------------------------------------------------- driver
@@ -561,7 +637,7 @@ def _val_volumes(val_sources: list[TrainingSource], patches: PatchSet, max_voxel
                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Whole validation volumes when held-out sources exist and are small, else the validation patches."""
     if val_sources and sum(int(np.prod(s.shape)) for s in val_sources) <= max_voxels:
-        full = tuple(slice(None),) * 3
+        full = (slice(None),) * 3
         return ([s.read_image(full) for s in val_sources], [s.read_labels(full) for s in val_sources])
     return list(patches.X_val), list(patches.Y_val)
 
@@ -588,10 +664,11 @@ def train_from_config(config: TrainingConfig, verbose: int = 0) -> TrainingResul
         patches = generate_patches(train_sources, val_sources, config)
     else:
         patches = load_npz(config.npz_path)
-        if patches.meta.get("boundary_width") != config.boundary_width:
-            LOG.warning("patch file made with boundary_width=%s; recomputing U-Net targets with %s",
-                        patches.meta.get("boundary_width"), config.boundary_width)
-            _recompute_targets(patches, config.boundary_width)
+        made = (patches.meta.get("boundary_width"), patches.meta.get("boundary_mode", "one_sided"))
+        if made != (config.boundary_width, config.boundary_mode):
+            LOG.warning("patch file made with boundary %s; recomputing U-Net targets with %s from the patches",
+                        made, (config.boundary_width, config.boundary_mode))
+            _recompute_targets(patches, config.boundary_width, config.boundary_mode)
         val_sources = load_validation_sources(config)
     result.seconds["patches"] = round(time.perf_counter() - t0, 2)
     if len(patches.X_val) == 0:
@@ -645,7 +722,7 @@ def train_from_config(config: TrainingConfig, verbose: int = 0) -> TrainingResul
             kernel=config.kernel, conv_after_unet=config.star_conv_after_unet,
             epochs=config.star_epochs or config.epochs, steps_per_epoch=config.steps_per_epoch,
             learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed,
-            optimize_on=opt, verbose=verbose)
+            optimize_on=opt, max_candidates=config.threshold_max_candidates, verbose=verbose)
         result.seconds["stardist"] = round(time.perf_counter() - t, 2)
         result.histories["stardist"] = hist
         result.thresholds = th
@@ -659,7 +736,8 @@ def train_from_config(config: TrainingConfig, verbose: int = 0) -> TrainingResul
         folder = out / "unet"
         ucfg = UNetConfig(unet_n_depth=config.network_depth, unet_kern_size=config.kernel,
                           unet_n_first=config.unet_start_filter or config.start_filter,
-                          boundary_width=config.boundary_width, threshold=config.unet_threshold,
+                          boundary_width=config.boundary_width, boundary_mode=config.boundary_mode,
+                          threshold=config.unet_threshold,
                           norm_pmin=config.norm_pmin, norm_pmax=config.norm_pmax, voxel_size=voxel_size,
                           train_data=train_text)
         unet = UNet(ucfg, folder)

@@ -1,9 +1,19 @@
 """The VollSeg semantic U-Net: csbdeep's CARE U-Net with a sigmoid output, trained as binary segmentation.
 
-Target (:func:`unet_target`): the cells' voxels with the boundary between *touching* cells removed
-(``boundary_width`` voxels on each side of every contact), so that the connected components of the
-predicted mask separate cells; the boundary to the background is kept. ``boundary_width=0`` gives
-the plain foreground (``labels > 0``) of the original VollSeg.
+Target (:func:`unet_target`): the cells' voxels minus a boundary between *touching* cells, so that
+the connected components of the predicted mask separate cells (26-connectivity); the border to the
+background is kept. Two boundary modes:
+
+* ``"one_sided"`` (default): of every pair of 26-neighbouring voxels of two different cells, the
+  raster-earlier voxel is background: a one-voxel gap, the least that separates the cells, so the
+  mask loses the least volume (cells in anisotropic stacks are often only ~5 voxels deep in z).
+  This rule is orientation dependent: targets of flipped/rotated patches are recomputed from the
+  transformed labels, never transformed themselves.
+* ``"inner"``: both voxels of every such pair (``skimage.segmentation.find_boundaries(mode="inner")``
+  restricted to cell-cell contacts): a symmetric two-voxel gap.
+
+``boundary_width`` > 1 dilates the boundary within the cells by ``boundary_width - 1``;
+``boundary_width=0`` gives the plain foreground (``labels > 0``) of the original VollSeg.
 """
 
 from __future__ import annotations
@@ -22,6 +32,9 @@ from vollseg_dask.networks.data import augment_together
 __all__ = ["UNetConfig", "UNet", "unet_target", "touching_boundaries", "train_unet"]
 
 
+BoundaryMode = Literal["one_sided", "inner"]
+
+
 class UNetConfig(UNetFolderConfig):
     """``config.json`` of a semantic U-Net model folder."""
 
@@ -29,58 +42,85 @@ class UNetConfig(UNetFolderConfig):
     unet_last_activation: Literal["linear", "relu", "sigmoid"] = Field(
         "sigmoid", description="Output activation: sigmoid gives a foreground probability.")
     boundary_width: int = Field(1, ge=0, le=10,
-                                description="Voxels removed on each side of a contact between cells in the target.")
+                                description="Width (voxels) of the cell-cell boundary removed from the target.")
+    boundary_mode: BoundaryMode = Field(
+        "one_sided", description="one_sided: the raster-earlier voxel of each touching pair; inner: both voxels.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Foreground probability threshold of the mask.")
 
 
-def touching_boundaries(labels: np.ndarray, connectivity: int = 1) -> np.ndarray:
+def _forward_half(fp: np.ndarray) -> np.ndarray:
+    """Footprint offsets whose first non-zero component is +1 (the raster-later neighbours)."""
+    out = np.zeros_like(fp)
+    c = np.array(fp.shape) // 2
+    for idx in zip(*np.nonzero(fp), strict=True):
+        d = np.array(idx) - c
+        nz = d[d != 0]
+        if nz.size and nz[0] > 0:
+            out[idx] = True
+    return out
+
+
+def touching_boundaries(labels: np.ndarray, connectivity: int | None = None, one_sided: bool = False) -> np.ndarray:
     """Voxels of a cell that touch a *different* cell (not the background).
 
     Parameters
     ----------
     labels : numpy.ndarray, shape (z, y, x) (any dimensionality), integer
         Instance labels, 0 = background.
-    connectivity : int
-        Neighbourhood (``scipy.ndimage.generate_binary_structure``): 1 = faces, ndim = full.
+    connectivity : int or None
+        Neighbourhood (``scipy.ndimage.generate_binary_structure``): 1 = faces, ndim = full
+        (default).
+    one_sided : bool
+        Only look at raster-later neighbours (offsets whose first non-zero component is +1): of
+        each touching pair only the earlier voxel is marked.
 
     Returns
     -------
     numpy.ndarray, same shape, bool
-        True where a voxel of label ``l > 0`` has a neighbour of label ``m > 0``, ``m != l``.
-        Equals ``skimage.segmentation.find_boundaries(labels, mode="inner")`` minus the voxels
-        whose only foreign neighbour is background.
+        True where a voxel of label ``l > 0`` has a (forward, if ``one_sided``) neighbour of
+        label ``m > 0``, ``m != l``; outside the array counts as background. Two-sided, it equals
+        ``skimage.segmentation.find_boundaries(labels, mode="inner")`` minus the voxels whose only
+        foreign neighbour is background.
     """
     from scipy import ndimage as ndi
 
     lab = np.asarray(labels)
     if lab.dtype.kind not in "iu":
         raise DTypeError(f"labels must be integers, got dtype {lab.dtype}")
-    fp = ndi.generate_binary_structure(lab.ndim, connectivity)
+    fp = ndi.generate_binary_structure(lab.ndim, lab.ndim if connectivity is None else connectivity)
+    if one_sided:
+        fp = _forward_half(fp)
     lab64 = lab.astype(np.int64)
     # background becomes a value above every label (not int64's max: scipy's min filter overflows on it)
     big = int(lab64.max(initial=0)) + 1
-    hi = ndi.maximum_filter(lab64, footprint=fp, mode="nearest")
-    lo = ndi.minimum_filter(np.where(lab64 == 0, big, lab64), footprint=fp, mode="nearest")
+    hi = ndi.maximum_filter(lab64, footprint=fp, mode="constant", cval=0)
+    lo = ndi.minimum_filter(np.where(lab64 == 0, big, lab64), footprint=fp, mode="constant", cval=big)
     fg = lab64 > 0
-    return fg & ((hi != lab64) | ((lo != lab64) & (lo != big)))
+    return fg & (((hi != lab64) & (hi != 0)) | ((lo != lab64) & (lo != big)))
 
 
-def unet_target(labels: np.ndarray, boundary_width: int = 1, connectivity: int = 1) -> np.ndarray:
-    """Binary U-Net target: cell interiors, contacts between touching cells removed.
+def unet_target(labels: np.ndarray, boundary_width: int = 1, mode: BoundaryMode = "one_sided",
+                connectivity: int | None = None) -> np.ndarray:
+    """Binary U-Net target: cells minus the boundaries between touching cells.
 
     Parameters
     ----------
     labels : numpy.ndarray, shape (z, y, x), integer
         Instance labels, 0 = background.
     boundary_width : int
-        Voxels removed on each side of a contact (0: plain ``labels > 0``). Widths above 1 dilate
-        the contact voxels within the foreground by ``boundary_width - 1``.
-    connectivity : int
-        Neighbourhood of the contact test and of the dilation.
+        0: plain ``labels > 0``. Widths above 1 dilate the boundary within the cells by
+        ``boundary_width - 1`` (same connectivity).
+    mode : {"one_sided", "inner"}
+        See the module docstring.
+    connectivity : int or None
+        Neighbourhood of the contact test and of the dilation (default: full, which separates
+        the cells' components under 26-connectivity).
 
     Returns
     -------
     numpy.ndarray, same shape, uint8 (0/1)
+        Outside the array counts as background: compute on a region grown by
+        ``boundary_width + 1`` voxels and crop, to get what the whole volume gives.
     """
     from scipy import ndimage as ndi
 
@@ -89,12 +129,14 @@ def unet_target(labels: np.ndarray, boundary_width: int = 1, connectivity: int =
         raise DTypeError(f"labels must be integers, got dtype {lab.dtype}")
     if boundary_width < 0:
         raise ValueError(f"boundary_width must be >= 0, got {boundary_width}")
+    if mode not in ("one_sided", "inner"):
+        raise ValueError(f"boundary mode must be 'one_sided' or 'inner', got {mode!r}")
     fg = lab > 0
     if boundary_width == 0:
         return fg.astype(np.uint8)
-    b = touching_boundaries(lab, connectivity)
+    b = touching_boundaries(lab, connectivity, one_sided=mode == "one_sided")
     if boundary_width > 1:
-        fp = ndi.generate_binary_structure(lab.ndim, connectivity)
+        fp = ndi.generate_binary_structure(lab.ndim, lab.ndim if connectivity is None else connectivity)
         b = ndi.binary_dilation(b, structure=fp, iterations=boundary_width - 1, mask=fg)
     return (fg & ~b).astype(np.uint8)
 
@@ -149,7 +191,8 @@ class UNet(KerasUNet):
             Targets (:func:`unet_target`).
         validation : (Xv, Yv) or None
         epochs, steps_per_epoch, batch_size, learning_rate, seed, augment
-            Schedule (Adam, binary cross-entropy); augmentation: flips and y-x rotations.
+            Schedule (Adam, binary cross-entropy); augmentation: flips and y-x rotations, only when
+            the targets do not depend on orientation (``boundary_mode="inner"`` or width 0).
         """
         import keras
 
@@ -163,6 +206,10 @@ class UNet(KerasUNet):
             raise InvalidDataError("U-Net training patches hold NaN or Inf")
         Y = (Y > 0).astype(np.float32)
         rng = np.random.default_rng(seed)
+        # one-sided boundaries depend on orientation: flipping a target would move them to the
+        # other side, so such targets are only augmented where they are made (from the labels)
+        c0 = self.config
+        augment = augment and (c0.boundary_mode == "inner" or c0.boundary_width == 0)
 
         def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             while True:
