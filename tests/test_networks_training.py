@@ -150,7 +150,7 @@ def test_cli_train_then_optimize_thresholds(folder_pair, tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["train", str(cfg_path), "--json", "--threads", "2"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output[res.output.index("{"):])
+    out = json.loads(res.stdout)  # --json: stdout holds only the JSON (warnings go to stderr)
     base = tmp_path / "models" / "tiny"
     assert set(out["folders"]) == {"n2v", "stardist", "unet"}
     for kind in ("n2v", "stardist", "unet"):
@@ -183,7 +183,7 @@ def test_cli_train_then_optimize_thresholds(folder_pair, tmp_path):
                                "-l", str(val / "lbl.tif"), "--nms", "0.3", "--nms", "0.5"],
                         catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    th = json.loads(res.output.strip().splitlines()[-1])
+    th = json.loads(res.stdout)
     assert 0 < th["prob"] < 1 and th["nms"] in (0.3, 0.5)
     assert json.loads((base / "stardist" / "thresholds.json").read_text()) == th
     model = load_model_folder(base / "stardist", "stardist")
@@ -195,7 +195,7 @@ def test_cli_train_then_optimize_thresholds(folder_pair, tmp_path):
     cfg_path.write_text(yaml.safe_dump(cfg2))
     res = runner.invoke(main, ["train", str(cfg_path), "--json"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    out2 = json.loads(res.output[res.output.index("{"):])
+    out2 = json.loads(res.stdout)
     assert set(out2["folders"]) == {"unet"} and out2["n_train_patches"] == 12
     assert json.loads((base / "unet" / "config.json").read_text())["boundary_width"] == 2
 
