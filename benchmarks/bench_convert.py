@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._common import peak_rss, run_child
 
 PLANE = (1024, 1024)
 DTYPE = np.uint16
@@ -49,21 +49,7 @@ def _make_input(path: Path, n_planes: int, fmt: str) -> None:
         raise ValueError(f"unknown format {fmt!r}")
 
 
-def _peak_rss() -> int:
-    """Peak resident memory of this process in bytes.
-
-    Linux's VmHWM belongs to the current address space, so unlike ``ru_maxrss`` (which a child
-    inherits from its parent across fork/exec) it measures this process alone.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+_peak_rss = peak_rss
 
 
 def _child(src: str, out: str, max_slab_mb: float, workers: int) -> dict[str, Any]:
@@ -87,13 +73,9 @@ def _child(src: str, out: str, max_slab_mb: float, workers: int) -> dict[str, An
 
 
 def _run_child(src: Path, out: Path, max_slab_mb: float, workers: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_convert", "--child", str(src), str(out),
+    args = ["--child", str(src), str(out),
            "--max-slab-mb", str(max_slab_mb), "--workers", str(workers)]
-    root = Path(__file__).resolve().parents[1]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"child failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_child("benchmarks.bench_convert", args)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import peak_rss
+
 VOXEL = (2.0, 0.5, 0.5)
 CELL_RADIUS_UM = 4.0
 
@@ -61,17 +63,7 @@ def _make_store(path: Path, t: int, shape: tuple[int, int, int], seed: int) -> N
         arr[i, 0] = _labels_volume(shape, rng)
 
 
-def _peak_rss() -> int:
-    """Peak resident memory of this process alone (Linux VmHWM), bytes."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+_peak_rss = peak_rss
 
 
 def _child(store: str, out: str, block: tuple[int, int, int]) -> dict[str, Any]:

@@ -28,27 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._common import peak_rss, run_child
+
 S2_S6 = ("S2 nms + S3 components", "S4 seeds", "S5 watershed", "S6 filter + relabel", "S6c pyramid")
 
 
-def _peak_rss() -> int:
-    """Peak resident memory of this process (Linux VmHWM; ru_maxrss elsewhere), bytes."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+_peak_rss = peak_rss
 
 
 def _make_store(path: Path, shape: list[int], seed: int) -> dict[str, Any]:
@@ -111,15 +101,11 @@ def _child(store: str, block: list[int], workers: int, halo: int, warm: str | No
 
 
 def _run_child(store: Path, block: list[int], workers: int, halo: int, warm: Path | None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_segment", "--child", str(store), "--block",
+    args = ["--child", str(store), "--block",
            ",".join(map(str, block)), "--workers", str(workers), "--halo", str(halo)]
     if warm is not None:
-        cmd += ["--warm", str(warm)]
-    root = Path(__file__).resolve().parents[1]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"child failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+        args += ["--warm", str(warm)]
+    return run_child("benchmarks.bench_segment", args)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -13,25 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._common import peak_rss, run_child
 
-def _peak_rss() -> int:
-    """Peak resident memory of this process (Linux VmHWM; ru_maxrss elsewhere), bytes."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+_peak_rss = peak_rss
 
 
 def _config(shape: list[int], chunks: list[int]) -> dict[str, Any]:
@@ -67,13 +56,9 @@ def _child(out: str, shape: list[int], chunks: list[int], workers: int) -> dict[
 
 
 def _run_child(out: Path, shape: list[int], chunks: list[int], workers: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_synthetic", "--child", str(out), "--shape",
+    args = ["--child", str(out), "--shape",
            ",".join(map(str, shape)), "--chunks", ",".join(map(str, chunks)), "--workers", str(workers)]
-    root = Path(__file__).resolve().parents[1]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"child failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_child("benchmarks.bench_synthetic", args)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import peak_rss
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Deaths balance divisions so that every frame holds about N cells: the 4·F movie is 4× the F one.
@@ -54,17 +56,7 @@ TRACKER = {
 }
 
 
-def _peak_rss() -> int:
-    """Peak resident memory of this process alone (VmHWM), in bytes."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+_peak_rss = peak_rss
 
 
 def _rss() -> int:
