@@ -56,10 +56,10 @@ def training_config(work: Path, quick: bool) -> dict:
         "n_augmented_copies": 1,
         "denoised_copies": True,
         "TrainN2V": True, "TrainSTAR": True, "TrainUNET": True,
-        "NetworkDepth": 2, "Kernel": 3, "startfilter": 16, "unet_start_filter": 16, "n2v_start_filter": 8,
+        "NetworkDepth": 2, "Kernel": 3, "startfilter": 16, "unet_start_filter": 8, "n2v_start_filter": 16,
         "Rays": 32, "grid": [1, 2, 2], "star_conv_after_unet": 64,
-        "Epochs": 14, "n2v_epochs": 2, "unet_epochs": 6, "steps_per_epoch": 100,
-        "batch_size": 2, "LearningRate": 1e-3,
+        "Epochs": 18, "n2v_epochs": 2, "unet_epochs": 8, "steps_per_epoch": 100,
+        "batch_size": 2, "LearningRate": 5e-4,
         "boundary_width": 1, "boundary_mode": "one_sided",
         "n2v_perc_pix": 0.5, "n2v_neighborhood_radius": 2,
         "model_dir": str(work), "model_name": "models",
@@ -163,6 +163,72 @@ def evaluate_models(models: Path, test_store: Path, n2v_used: bool) -> dict:
     return res
 
 
+def seed_diagnostics(models: Path, test_store: Path) -> dict:
+    """Where the VollSeg result is lost: StarDist centres per true cell, and perfect-seed watershed.
+
+    * ``centres_per_cell``: how many StarDist centres (``predict_instances`` points) fall in each
+      ground-truth cell (0 = missed cell, >= 2 = cell split by its seeds);
+    * ``perfect_seed_f1``: F1 at IoU 0.5 of a marker watershed on the negated StarDist probability
+      (grid cells repeated to voxels) inside the U-Net mask, grown into the mask dilated by (1, 2, 2)
+      voxels, from one seed per true cell (its deepest voxel): what the networks' maps allow when
+      the seeds are right. A diagnostic of the maps, not a segmentation method.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries, watershed
+
+    from vollseg_dask.metrics import matching_dataset
+    from vollseg_dask.networks.data import sources_from_store
+    from vollseg_dask.networks.folders import load_model_folder
+
+    srcs = sources_from_store(test_store, "ground_truth", TEST_TIMEPOINTS)
+    full = (slice(None),) * 3
+    n2v = load_model_folder(models / "n2v", "n2v")
+    sd = load_model_folder(models / "stardist", "stardist")
+    un = load_model_folder(models / "unet", "unet")
+    grid = tuple(int(g) for g in sd.config.grid)
+    fp = np.zeros((3, 5, 5), bool)
+    zz, yy, xx = np.mgrid[-1:2, -2:3, -2:3]
+    fp[(zz ** 2 + (yy / 2.0) ** 2 + (xx / 2.0) ** 2) <= 1.01] = True
+    counts = {"0": 0, "1": 0, ">=2": 0}
+    sizes_split, sizes_all, gts, outs = [], [], [], []
+    for s in srcs:
+        x = n2v.predict_normalized(s.read_image(full))
+        g = s.read_labels(full)
+        _, det = sd.predict_instances(x, show_tile_progress=False)
+        hit = g[tuple(np.asarray(det["points"]).T)] if len(det["points"]) else np.zeros(0, g.dtype)
+        ids = np.unique(g)[1:]
+        per = np.bincount(hit[hit > 0], minlength=int(g.max()) + 1)[ids]
+        counts["0"] += int((per == 0).sum())
+        counts["1"] += int((per == 1).sum())
+        counts[">=2"] += int((per >= 2).sum())
+        vol = np.bincount(g.ravel())[ids]
+        sizes_all += vol.tolist()
+        sizes_split += vol[per >= 2].tolist()
+        prob, _ = sd.predict(x, show_tile_progress=False)
+        probf = prob
+        for ax, gg in enumerate(grid):
+            probf = np.repeat(probf, gg, axis=ax)
+        probf = probf[tuple(slice(0, n) for n in g.shape)]
+        mask = un.predict_normalized(x) > un.config.threshold
+        depth = ndi.distance_transform_edt((g > 0) & ~find_boundaries(g, mode="inner"),
+                                           sampling=tuple(float(v) for v in s.voxel_size))
+        markers = np.zeros(g.shape, np.int32)
+        objs = ndi.find_objects(g)
+        for lab_id in ids:
+            sl = objs[lab_id - 1]
+            sub = np.where(g[sl] == lab_id, depth[sl], -1)
+            p = np.unravel_index(np.argmax(sub), sub.shape)
+            markers[tuple(a.start + b for a, b in zip(sl, p, strict=True))] = lab_id
+        ws = watershed(-probf, markers, mask=mask | (markers > 0))
+        ws = watershed(-probf, ws, mask=ndi.binary_dilation(mask, structure=fp) | (ws > 0))
+        gts.append(g)
+        outs.append(ws)
+    r = matching_dataset(gts, outs, thresh=(0.5,)).iloc[0]
+    return {"centres_per_cell": counts, "median_cell_voxels": float(np.median(sizes_all)),
+            "median_split_cell_voxels": float(np.median(sizes_split)) if sizes_split else None,
+            "perfect_seed_f1": float(r["f1"]), "perfect_seed_mean_true_iou": float(r["mean_true_score"])}
+
+
 def evaluate_pipeline(models: Path, test_store: Path) -> dict | None:
     """The full VollSeg pipeline (segmentation engine + network predictor) on the test store."""
     try:
@@ -174,11 +240,18 @@ def evaluate_pipeline(models: Path, test_store: Path) -> dict | None:
         LOG.warning("pipeline evaluation skipped: %s", exc)
         return None
     out = {}
-    for mode in ("vollseg", "stardist", "unet"):
+    runs = {"vollseg": {"mode": "vollseg"}, "vollseg_dilated": {"mode": "vollseg", "mask_dilation": (1, 2, 2)},
+            "stardist": {"mode": "stardist"}, "unet": {"mode": "unet"}}
+    for mode, kw in runs.items():
         name = f"bundled_{mode}"
         t0 = time.perf_counter()
         predictor = NetworkPredictor.from_models_dir(models)
-        segment(str(test_store), name, predictor, SegmentationConfig(mode=mode),
+        try:
+            seg_cfg = SegmentationConfig(**kw)
+        except Exception as exc:  # noqa: BLE001 - an engine without this option
+            LOG.warning("pipeline run %s skipped: %s", mode, exc)
+            continue
+        segment(str(test_store), name, predictor, seg_cfg,
                 client=ClusterConfig(kind="threads", n_workers=1), overwrite=True, show_progress=False)
         seconds = time.perf_counter() - t0
         table = evaluate_store(test_store, name, "ground_truth", thresholds=(0.5,), per_t=False, ssim=False)
@@ -250,8 +323,30 @@ number is `vollseg_dask/models/training_record.json`.) Machine: {record['machine
             pipe_text += f"| {mode} | {r.get('precision', float('nan')):.3f} | {r.get('recall', float('nan')):.3f} | " \
                          f"{r.get('f1', float('nan')):.3f} |\n"
         pipe_text += ("\n`vollseg_dask.segmentation.segment` with `NetworkPredictor.from_models_dir` "
-                      "(N2V, StarDist, U-Net) and default `SegmentationConfig(mode=...)`.\n")
+                      "(N2V, StarDist, U-Net), `SegmentationConfig(mode=...)` otherwise default "
+                      "(`vollseg_dilated`: `mask_dilation=(1, 2, 2)`), all 4 frames of the test seed. "
+                      "Measured with the engine as it stood at training time; see the run record.\n")
+        best = max(r.get("f1", 0.0) for r in pipe.values())
+        if best < 0.85:
+            pipe_text += (f"\nThe project's target for the full pipeline (F1 >= 0.85 at IoU 0.5) is not met by these "
+                          f"models (best mode {best:.3f}).\n")
 
+    diag = record.get("diagnostics")
+    diag_text = ""
+    if diag:
+        c = diag["centres_per_cell"]
+        n = sum(c.values())
+        diag_text = f"""
+## Where the errors come from (test seed, frames {list(TEST_TIMEPOINTS)})
+
+StarDist centres per true cell: none in {c['0']} of {n} cells, one in {c['1']}, two or more in {c[">=2"]}
+({100 * c[">=2"] / n:.0f} %). The split cells are the large ones (median {diag['median_split_cell_voxels']:.0f}
+voxels against {diag['median_cell_voxels']:.0f} for all cells): the generator's multi-site, bent
+(non-star-convex) cells, which StarDist covers with one polyhedron per lobe. With one seed per true
+cell instead, a marker watershed on this model's probability inside the bundled U-Net's mask, grown
+into the mask dilated by (1, 2, 2), reaches F1 {diag['perfect_seed_f1']:.3f} at IoU 0.5 (a diagnostic of the
+maps, `seed_diagnostics` in the script): the seeds, not the maps, limit the pipeline's F1.
+"""
     sd = (out / "stardist" / "config.json")
     sdc = json.loads(sd.read_text())
     th = ev["stardist"]["thresholds"]
@@ -270,7 +365,7 @@ Input: {ev['inputs']} frames normalised to the 1st/99.8th percentiles.
 ## StarDist alone on the test seed (`predict_instances`, whole frames)
 
 {_fmt_match(ev['stardist'])}
-{pipe_text}
+{pipe_text}{diag_text}
 {common}""", encoding="utf-8")
 
     uc = json.loads((out / "unet" / "config.json").read_text())
@@ -348,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pipeline", action="store_true", help="Skip the full-pipeline evaluation.")
     ap.add_argument("--cards-only", action="store_true",
                     help="Only rewrite the README cards of --out from its training_record.json.")
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="Re-evaluate the models in --out on the test store in --work (no training); "
+                         "update --out's training_record.json and cards.")
     args = ap.parse_args(argv)
     if args.cards_only:
         write_cards(args.out, json.loads((args.out / "training_record.json").read_text(encoding="utf-8")))
@@ -363,6 +461,18 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    if args.evaluate_only:
+        record = json.loads((args.out / "training_record.json").read_text(encoding="utf-8"))
+        test_store = write_stores(work)[TEST_SEED]
+        t = time.perf_counter()
+        record["evaluation"] = evaluate_models(args.out, test_store, n2v_used=True)
+        record["diagnostics"] = seed_diagnostics(args.out, test_store)
+        record["pipeline"] = None if args.no_pipeline else evaluate_pipeline(args.out, test_store)
+        record["seconds"]["evaluation"] = round(time.perf_counter() - t, 1)
+        (args.out / "training_record.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        write_cards(args.out, record)
+        print(json.dumps({k: record[k] for k in ("diagnostics", "pipeline")}, indent=1))
+        return 0
     t = time.perf_counter()
     stores = write_stores(work)
     t_data = time.perf_counter() - t
@@ -379,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     evaluation = evaluate_models(staged, stores[TEST_SEED], n2v_used=True)
     LOG.info("model metrics: %s", json.dumps(evaluation, indent=1))
+    diagnostics = seed_diagnostics(staged, stores[TEST_SEED])
+    LOG.info("seed diagnostics: %s", diagnostics)
     pipeline = None if args.no_pipeline else evaluate_pipeline(staged, stores[TEST_SEED])
     LOG.info("pipeline metrics: %s", pipeline)
     t_eval = time.perf_counter() - t
@@ -408,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "thresholds": result.thresholds,
         "histories": result.histories,
         "evaluation": evaluation,
+        "diagnostics": diagnostics,
         "pipeline": pipeline,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
         "versions": _versions(),
