@@ -58,6 +58,14 @@ class SegmentationConfig(StrictModel):
         "cells on its two sides. Bounded reach: tiled output stays identical to untiled. U-Net components "
         "for seed pooling still come from the undilated mask. Per axis because z spacing is usually coarser "
         "(e.g. (1, 2, 2) for 2.0 x 0.5 x 0.5 um voxels). 0 = off (the mask as is).")
+    foreground_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="vollseg mode: voxels whose StarDist probability exceeds this join the U-Net mask (after "
+        "its dilation) as the region the watershed floods. A U-Net trained on cell interiors minus their "
+        "walls (membrane data) leaves walls, thin cells and the tissue surface out, so cells flooded inside "
+        "its mask alone come out too small; StarDist's probability is positive up to every object's "
+        "boundary. Seed pooling still uses the U-Net's own components. None = the U-Net mask alone (the "
+        "paper's VollSeg).")
     marker_radius: int = Field(2, ge=0, description="Seeds are dilated by a ball of this radius (voxels).")
     watershed_connectivity: Literal[6, 26] = Field(6, description="Voxel adjacency of the watershed flood.")
     halo: tuple[int, int, int] = Field(

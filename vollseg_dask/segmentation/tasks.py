@@ -452,8 +452,17 @@ def watershed(ctx: RunContext, t: int, block: Block, level: int) -> dict[str, An
         inner = tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(read, outer, strict=True))
         dilated = ndimage.binary_dilation(mask, structure=kw.dilation_footprint(cfg.mask_dilation))[inner]
         mask = mask[inner]
+    prob = None
+    if cfg.foreground_threshold is not None and cfg.mode == "vollseg":
+        # StarDist's foreground joins the flood region (and the dilated one): same read region, so
+        # certification below covers it like any other part of the mask
+        prob = ctx.read("prob", t, read)
+        fg = prob > cfg.foreground_threshold
+        mask = mask | fg
+        if dilated is not None:
+            dilated = dilated | fg
     source = "prob" if cfg.flood == "probability" else "distance"
-    flood = -ctx.read(source, t, read).astype(np.float32)
+    flood = -(prob if prob is not None and source == "prob" else ctx.read(source, t, read)).astype(np.float32)
     spts, sids = _seeds_in(ctx, t, read)
     markers = ks.dilate_seeds(read, spts, sids, cfg.marker_radius)
     # flood only the components that reach the core (grown by the expansion's reach): the others
