@@ -2,7 +2,8 @@
 """Train the models shipped in ``vollseg_dask/models/{stardist,unet,n2v}`` and write their cards.
 
 Everything comes from the project's own synthetic membrane tissue (:mod:`vollseg_dask.synthetic`,
-default :class:`SyntheticConfig` apart from the seed): no download, no external data.
+:class:`SyntheticConfig` with ``BUNDLED_MODEL_TISSUE`` (mostly convex cells) apart from the seed):
+no download, no external data.
 
 Seeds (keep evaluation off them):
 
@@ -58,13 +59,14 @@ def training_config(work: Path, quick: bool) -> dict:
         "TrainN2V": True, "TrainSTAR": True, "TrainUNET": True,
         "NetworkDepth": 2, "Kernel": 3, "startfilter": 16, "unet_start_filter": 8, "n2v_start_filter": 16,
         "Rays": 32, "grid": [1, 2, 2], "star_conv_after_unet": 64,
-        "Epochs": 18, "n2v_epochs": 2, "unet_epochs": 8, "steps_per_epoch": 100,
+        "Epochs": 18, "n2v_epochs": 2, "unet_epochs": 16, "steps_per_epoch": 100,
         "batch_size": 2, "LearningRate": 5e-4,
         "boundary_width": 1, "boundary_mode": "one_sided",
         "n2v_perc_pix": 0.5, "n2v_neighborhood_radius": 2,
         "model_dir": str(work), "model_name": "models",
-        "seed": 0,
-        "train_data": (f"vollseg_dask.synthetic default SyntheticConfig, seeds {list(TRAIN_SEEDS)} "
+        # seed 0 left StarDist's probability head dead on this data (prob loss flat at 0.60 for 18 epochs)
+        "seed": 1,
+        "train_data": (f"vollseg_dask.synthetic SyntheticConfig(**BUNDLED_MODEL_TISSUE), seeds {list(TRAIN_SEEDS)} "
                        f"(all frames); validation seed {VAL_SEED} t=0"),
     }
     if quick:
@@ -74,9 +76,9 @@ def training_config(work: Path, quick: bool) -> dict:
 
 
 def synthetic_config(seed: int):
-    from vollseg_dask.synthetic import SyntheticConfig
+    from vollseg_dask.synthetic import BUNDLED_MODEL_TISSUE, SyntheticConfig
 
-    return SyntheticConfig(seed=seed)
+    return SyntheticConfig(seed=seed, **BUNDLED_MODEL_TISSUE)
 
 
 def write_stores(work: Path) -> dict[int, Path]:
@@ -241,6 +243,7 @@ def evaluate_pipeline(models: Path, test_store: Path) -> dict | None:
         return None
     out = {}
     runs = {"vollseg": {"mode": "vollseg"}, "vollseg_dilated": {"mode": "vollseg", "mask_dilation": (1, 2, 2)},
+            "vollseg_foreground": {"mode": "vollseg", "foreground_threshold": 0.1},
             "stardist": {"mode": "stardist"}, "unet": {"mode": "unet"}}
     for mode, kw in runs.items():
         name = f"bundled_{mode}"
@@ -254,10 +257,11 @@ def evaluate_pipeline(models: Path, test_store: Path) -> dict | None:
         segment(str(test_store), name, predictor, seg_cfg,
                 client=ClusterConfig(kind="threads", n_workers=1), overwrite=True, show_progress=False)
         seconds = time.perf_counter() - t0
-        table = evaluate_store(test_store, name, "ground_truth", thresholds=(0.5,), per_t=False, ssim=False)
-        row = table.iloc[-1]
+        table = evaluate_store(test_store, name, "ground_truth", thresholds=(0.5, 0.7), per_t=False, ssim=False)
+        row = table[table["thresh"] == 0.5].iloc[-1]
         out[mode] = {k: (float(row[k]) if isinstance(row[k], (float, np.floating)) else int(row[k]))
                      for k in ("precision", "recall", "f1", "tp", "fp", "fn") if k in row}
+        out[mode]["f1_iou0.7"] = float(table[table["thresh"] == 0.7].iloc[-1]["f1"])
         out[mode]["seconds"] = round(seconds, 1)
     return out
 
@@ -318,13 +322,16 @@ number is `vollseg_dask/models/training_record.json`.) Machine: {record['machine
     pipe = record.get("pipeline")
     pipe_text = ""
     if pipe:
-        pipe_text = "\n## Full pipeline on the test seed (IoU 0.5)\n\n| mode | precision | recall | F1 |\n|---|---|---|---|\n"
+        pipe_text = ("\n## Full pipeline on the test seed\n\n| mode | precision (IoU 0.5) | recall (0.5) | F1 (0.5) "
+                     "| F1 (IoU 0.7) |\n|---|---|---|---|---|\n")
         for mode, r in pipe.items():
             pipe_text += f"| {mode} | {r.get('precision', float('nan')):.3f} | {r.get('recall', float('nan')):.3f} | " \
-                         f"{r.get('f1', float('nan')):.3f} |\n"
+                         f"{r.get('f1', float('nan')):.3f} | {r.get('f1_iou0.7', float('nan')):.3f} |\n"
         pipe_text += ("\n`vollseg_dask.segmentation.segment` with `NetworkPredictor.from_models_dir` "
                       "(N2V, StarDist, U-Net), `SegmentationConfig(mode=...)` otherwise default "
-                      "(`vollseg_dilated`: `mask_dilation=(1, 2, 2)`), all 4 frames of the test seed. "
+                      "(`vollseg_dilated`: `mask_dilation=(1, 2, 2)`; `vollseg_foreground`: "
+                      "`foreground_threshold=0.1`, StarDist's foreground joins the U-Net mask as the flood "
+                      "region), all 4 frames of the test seed. "
                       "Measured with the engine as it stood at training time; see the run record.\n")
         best = max(r.get("f1", 0.0) for r in pipe.values())
         if best < 0.85:
@@ -431,6 +438,19 @@ Ratio {n['mse_ratio']:.3f} ({n['units']}).
 {common}""", encoding="utf-8")
 
 
+def stardist_prob_head_dead(history: dict, min_drop: float = 0.1) -> bool:
+    """True when StarDist's validation probability loss (mean of the last 3 epochs) fell by less
+    than ``min_drop`` (relative) from the first epoch.
+
+    Measured: a healthy run of the bundled schedule falls from 0.552 to 0.424 (23 %); a dead head
+    went from 0.616 to 0.589 (4 %).
+    """
+    losses = history.get("val_prob_loss") or history.get("prob_loss") or []
+    if len(losses) < 4:
+        return False
+    return float(np.mean(losses[-3:])) > (1.0 - min_drop) * losses[0]
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -485,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(staged)
     result = train_from_config(cfg, verbose=2)
     LOG.info("training done: %s", result.seconds)
+    if not args.quick and stardist_prob_head_dead(result.histories.get("stardist", {})):
+        LOG.error("StarDist's probability loss did not fall (a dead probability head: every voxel gets the "
+                  "same probability, no object is found). Models NOT written; re-run with another "
+                  "\"seed\" in training_config().")
+        return 3
 
     t = time.perf_counter()
     evaluation = evaluate_models(staged, stores[TEST_SEED], n2v_used=True)

@@ -48,12 +48,13 @@ def run_demo(out: str | os.PathLike[str], *, shape: tuple[int, int, int, int] = 
     The store is reused when it already exists with the same settings, and every stage resumes, so
     running the demo twice is cheap.
     """
-    from vollseg_dask.synthetic import SyntheticConfig, write_synthetic
+    from vollseg_dask.synthetic import BUNDLED_MODEL_TISSUE, SyntheticConfig, write_synthetic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "demo.ome.zarr"
-    syn = SyntheticConfig(shape=shape, n_cells=n_cells, seed=seed)
+    # the tissue the bundled networks were trained on (mostly convex cells)
+    syn = SyntheticConfig(shape=shape, n_cells=n_cells, seed=seed, **BUNDLED_MODEL_TISSUE)
     if not (store / "zarr.json").is_file():
         write_synthetic(store, syn)
     if synthetic_only:

@@ -26,7 +26,7 @@ from vollseg_dask.synthetic.api import (
     seed_table,
     true_centroids,
 )
-from vollseg_dask.synthetic.config import SyntheticConfig
+from vollseg_dask.synthetic.config import BUNDLED_MODEL_TISSUE, SyntheticConfig
 from vollseg_dask.synthetic.write import (
     CONFIG_FILE,
     LABELS_NAME,
@@ -39,6 +39,7 @@ from vollseg_dask.synthetic.write import (
 
 __all__ = [
     "SyntheticConfig",
+    "BUNDLED_MODEL_TISSUE",
     "SyntheticStore",
     "write_synthetic",
     "write_man_track",

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from vollseg_dask.config import StrictModel
 
-__all__ = ["SyntheticConfig"]
+__all__ = ["SyntheticConfig", "BUNDLED_MODEL_TISSUE"]
 
 PosFloat = Annotated[float, Field(gt=0)]
 
@@ -157,3 +157,11 @@ class SyntheticConfig(StrictModel):
     def n_channels(self) -> int:
         """1 (membrane) or 2 (membrane, nucleus)."""
         return 2 if self.nucleus_channel else 1
+
+
+#: Cell-shape settings of the tissue the bundled networks are trained and tested on
+#: (``scripts/train_bundled_models.py``) and that ``vollseg-dask demo`` renders: mostly convex
+#: cells, one site in ten starting a two-site cell. The generator's defaults (35 % chains of up to
+#: five sites) stay harder on purpose: they stress the engine's seams with non-star-convex cells,
+#: which StarDist3D covers with one polyhedron per lobe (see the bundled models' cards).
+BUNDLED_MODEL_TISSUE: dict[str, float | int] = {"chain_probability": 0.1, "max_chain_length": 2}
