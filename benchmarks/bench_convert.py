@@ -1,4 +1,4 @@
-"""Peak memory of ``convert`` at two input sizes: it must stay flat (goal: ratio ≤ 1.2).
+"""Peak memory of ``convert`` at two input sizes: it must stay flat (goal: ratio ≤ 1.2); also its voxels/s.
 
 Each conversion runs in a fresh subprocess, which reports its resident memory after imports and
 a warm-up conversion (``baseline``) and its lifetime peak (VmHWM). The input of size 4·S
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 size = src.stat().st_size
                 r = _run_child(src, work / f"out_{label}.zarr", args.max_slab_mb, args.workers)
                 r.update(input_bytes=size, peak_delta=r["peak_rss"] - r["baseline_rss"],
-                         mib_per_s=size / 2**20 / r["seconds"])
+                         mib_per_s=size / 2**20 / r["seconds"],
+                         voxels_per_s=float(np.prod(r["shape"], dtype=np.float64)) / r["seconds"])
                 runs[label] = r
                 src.unlink()
             runs["peak_rss_ratio_4S_over_S"] = runs["4S"]["peak_rss"] / runs["S"]["peak_rss"]

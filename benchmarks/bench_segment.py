@@ -15,6 +15,8 @@ One run reports, every figure against its reference measured in the same run:
   fresh subprocess whose baseline is taken after imports and a tiny warm-up run (goal: ratio <= 1.2).
   S must hold interior blocks (not clipped by the volume on any side), else its blocks read less
   than 4·S's and the ratio measures clipping, not scaling;
+* **scaling** - the block-wise run on ``--workers`` workers against the same run on 1 worker
+  (speed-up of S2-S6 and of S1-S6; on a machine shared with other work it is bounded by the free cores);
 * **tasks per block** - Dask tasks submitted per (t, block).
 
 Data: a Voronoi membrane tissue with ground-truth labels (``vollseg_dask.segmentation.testing``),
@@ -147,7 +149,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         big_run = _run_child(tmpp / "4S.zarr", block, args.workers, halo, warm)
         tiled = _run_child(tmpp / "R.zarr", ratio_block, args.workers, halo, warm)
         untiled = _run_child(tmpp / "R.zarr", ratio_shape, args.workers, halo, warm)
-    report["runs"] = {"S_blockwise": small, "4S_blockwise": big_run, "R_blockwise": tiled, "R_untiled": untiled}
+        # the scaling reference: the same block-wise run on one worker
+        one = _run_child(tmpp / "R.zarr", ratio_block, 1, halo, warm) if args.workers > 1 else tiled
+    report["runs"] = {"S_blockwise": small, "4S_blockwise": big_run, "R_blockwise": tiled, "R_untiled": untiled,
+                      "R_blockwise_1_worker": one}
     summary = {
         "s2_s6_voxels_per_s": round(tiled["s2_s6_voxels_per_s"]),
         "s2_s6_voxels_per_s_untiled": round(untiled["s2_s6_voxels_per_s"]),
@@ -159,6 +164,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_rss_mb_4S": round(big_run["peak_rss"] / 2**20, 1),
         "peak_rss_ratio_4S_over_S": round(big_run["peak_rss"] / small["peak_rss"], 3),
         "peak_delta_ratio_4S_over_S": round(big_run["peak_delta"] / max(small["peak_delta"], 1), 3),
+        "s2_s6_voxels_per_s_1_worker": round(one["s2_s6_voxels_per_s"]),
+        "speedup_s2_s6_workers_over_1_worker": round(one["s2_s6_s"] / tiled["s2_s6_s"], 3),
+        "speedup_s1_s6_workers_over_1_worker": round(one["wall_s"] / tiled["wall_s"], 3),
+        "same_objects_1_worker": one["objects"] == tiled["objects"],
         "tasks_per_block": round(tiled["tasks_per_block"], 2),
         "tasks_per_block_S": round(small["tasks_per_block"], 2),
         "tasks_per_block_4S": round(big_run["tasks_per_block"], 2),
