@@ -5,7 +5,8 @@ shape (ragged blocks that do not divide the volume included), the grid origin, t
 blocks are submitted, and the number and kind of workers. Compared per run:
 
 * the final labels: SHA-256 of every pyramid level's bytes, all time points;
-* the cell table: SHA-256 of its content sorted by ``(t, label)`` (the Parquet file bytes too);
+* the cell table: SHA-256 of its content sorted by ``(t, label)``, and the Parquet file bytes too
+  (pyarrow writes no timestamp into Parquet metadata: ``created_by`` and the schema only);
 * the track store: spots (sorted by spot ID), edges (sorted by source, target), tracks and tracklets;
 * the exports: TrackMate XML, CTC ``res_track.txt`` + masks and napari tracks, file bytes;
 * the track analysis: its tables (file bytes) and ``analysis.json`` less the path it read from.
