@@ -159,7 +159,11 @@ def to_markdown(results: dict[str, Any]) -> str:
     """The summary table, then one table per benchmark: every numeric figure, by its dotted key."""
     lines = ["# Benchmark results", "", f"Machine: {results['machine']}", "",
              f"Command: `{results['command']}`; started {results['started']}, "
-             f"{results['wall_s']:.0f} s in all.", "", "## Summary", "", *summary_table(results), ""]
+             f"{results['wall_s']:.0f} s in all; load average (1, 5, 15 min) at start "
+             f"{', '.join(map(str, results['loadavg_at_start']))}.", "",
+             "Arguments: " + "; ".join(f"`{n}` {' '.join(a) if a else '(its defaults)'}"
+                                       for n, a in results["args"].items()) + ".", "",
+             "## Summary", "", *summary_table(results), ""]
     failed = [n for n, r in results["benchmarks"].items() if "error" in r]
     if failed:
         lines += [f"Failed: {', '.join(failed)} (see below).", ""]
