@@ -1,10 +1,12 @@
 """Determinism of the whole pipeline (segment → measure → track → export), DESIGN §3.
 
 The same inputs and run settings must give byte-identical outputs whatever the segmentation block
-shape (ragged blocks that do not divide the volume included), the grid origin, the order in which
-blocks are submitted, and the number and kind of workers. Compared per run:
+shape (ragged blocks that do not divide the volume included), the grid origin, the measurement
+blocks and time batches, the order in which blocks are submitted, and the number and kind of
+workers. Compared per run:
 
 * the final labels: SHA-256 of every pyramid level's bytes, all time points;
+* the tissue mask (``tissue_mask="auto"``), SHA-256 of its bytes;
 * the cell table: SHA-256 of its content sorted by ``(t, label)``, and the Parquet file bytes too
   (pyarrow writes no timestamp into Parquet metadata: ``created_by`` and the schema only);
 * the track store: spots (sorted by spot ID), edges (sorted by source, target), tracks and tracklets;
@@ -56,7 +58,7 @@ def store(tmp_path_factory) -> Path:
 
 
 def _config(store: Path, out: Path, labels: str, grid: tuple, cluster: dict[str, Any],
-            stages: list[str] | None = None) -> RunConfig:
+            stages: list[str] | None = None, measure: dict[str, Any] | None = None) -> RunConfig:
     block, origin = grid
     data: dict[str, Any] = {
         "input": {"path": str(store)},
@@ -65,6 +67,8 @@ def _config(store: Path, out: Path, labels: str, grid: tuple, cluster: dict[str,
         "cluster": cluster,
         "predictor": {"kind": "ground-truth"},
         "segment": {"block_shape": block, "grid_origin": origin, "halo": (8, 16, 16)},
+        # every run computes its own tissue mask (a labels group of its own) and surface areas
+        "measure": {"tissue_mask": "auto", "tissue_name": f"tissue_{labels}", "surface": True, **(measure or {})},
         "track": TRACK,
         "analyze": {"track_plots": 0},
         "export": {"formats": ["trackmate", "ctc", "napari"]},
@@ -108,10 +112,14 @@ def _outputs(store: Path, out: Path, labels: str) -> dict[str, Any]:
         h[f"labels/{k}"] = (arr.shape, str(arr.dtype), _sha(arr.tobytes()))
     lab0 = np.asarray(group[levels[0]][...])
     assert lab0.max() > 0, "empty segmentation: nothing is compared"
+    tissue = np.asarray(zarr.open_group(str(store / "labels" / f"tissue_{labels}"), mode="r")["0"][...])
+    assert 0 < tissue.sum() < tissue.size
+    h["tissue"] = _sha(tissue.tobytes())
 
     ds = out / "syn"
     cells = read_cell_table(ds / "cells")
-    assert len(cells) > 10
+    assert len(cells) > 10 and cells["surface_area_um2"].notna().all()
+    assert (cells["distance_to_boundary_um"] > 0).all()  # the tissue distance was measured
     h["cells"] = _table_sha(cells, ["t", "label"])
     h["cells/files"] = _files_sha(ds / "cells")
     h["btrackmate.csv"] = _sha((ds / "cells_btrackmate.csv").read_bytes())
@@ -163,7 +171,9 @@ def test_two_runs_are_identical(store, reference, tmp_path):
 
 
 def test_ragged_blocks_shifted_grid_and_two_threads(store, reference, tmp_path):
-    report = run(_config(store, tmp_path, "ragged", RAGGED, THREADS2))
+    # measurement blocks, time batches and surface tasks cut differently too
+    measure = {"block": (5, 16, 24), "batch_times": 1, "surface_tasks": 3}
+    report = run(_config(store, tmp_path, "ragged", RAGGED, THREADS2, measure=measure))
     assert report.ok, report.summary()
     assert _blocks(tmp_path) == 3 * 3 * 3  # cuts z 4, 13; y 7, 33; x 11, 41
     assert _diff(_outputs(store, tmp_path, "ragged"), reference) == []
