@@ -82,6 +82,12 @@ def _ratio(v: Any) -> str:
     return f"{v:.3g}"
 
 
+def _per_block(rows: Any) -> str:
+    """``block: ratio`` for each block shape of bench_inference that was run."""
+    return "; ".join(f"{'×'.join(map(str, r['block']))}: {r['throughput_vs_untiled_chain']:.3g}"
+                     for r in rows if r.get("run"))
+
+
 def _rss(bench: str, root: str, small: str, big: str, what: str) -> list[tuple]:
     """Peak-RSS rows: the 1x and 4x figures and their ratio (goal <= 1.2)."""
     return [(bench, f"{what}: peak RSS at 1x / 4x, ratio 4x/1x (goal ≤ 1.2)",
@@ -115,8 +121,8 @@ SUMMARY: list[tuple] = [
     ("bench_inference", "inference U-Net (untiled, CPU), voxels/s", "untiled.unet.voxels_per_s", _rate),
     ("bench_inference", "inference chain (N2V → StarDist + U-Net + candidates), untiled, voxels/s",
      "untiled_chain.voxels_per_s", _rate),
-    ("bench_inference", "inference chain block-wise (first block size) / untiled throughput",
-     "tiled.0.throughput_vs_untiled_chain", _ratio),
+    ("bench_inference", "inference chain block-wise / untiled throughput, per block core shape",
+     "tiled", _per_block),
     ("bench_measure", "measure (cell table), 2 worker processes, voxels/s", "throughput_S.ours_voxels_per_s", _rate),
     ("bench_measure", "measure, 2 workers, rows/s", "throughput_S.ours_rows_per_s", _rate),
     ("bench_measure", "measure speed vs `skimage.measure.regionprops_table` (whole volume)",
