@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -35,13 +35,36 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+def _section_model(model: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The nested config model reached by following ``path`` (field names or aliases), if any."""
+    current: type[BaseModel] = model
+    for part in path:
+        fields = current.model_fields
+        info = fields.get(str(part)) or next((f for f in fields.values() if f.alias == part), None)
+        ann = getattr(info, "annotation", None)
+        # `Sub | None` and similar unions: the model among the arguments
+        found = [a for a in (ann, *get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not found:
+            return None
+        current = found[0]
+    return current
+
+
 def _format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
     lines = [f"invalid {model.__name__} configuration in {source}:"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(model.model_fields))
-            lines.append(f"  unknown key {loc!r} (allowed at top level: {allowed})")
+            section = _section_model(model, err["loc"][:-1])
+            if len(err["loc"]) > 1 and section is not None:
+                # name the key and its section, and list what that section (not the top level) allows
+                where = ".".join(str(p) for p in err["loc"][:-1])
+                allowed = ", ".join(sorted(section.model_fields))
+                lines.append(f"  unknown key {str(err['loc'][-1])!r} in section {where!r} "
+                             f"(allowed in {where}: {allowed})")
+            else:
+                allowed = ", ".join(sorted(model.model_fields))
+                lines.append(f"  unknown key {loc!r} (allowed at top level: {allowed})")
         else:
             lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)

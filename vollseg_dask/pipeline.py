@@ -158,6 +158,8 @@ class DatasetReport:
     reason: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: objects found: ``cells`` (rows of the cell table), ``spots``/``tracks`` (tracking), when known
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -183,6 +185,8 @@ class RunReport:
                 rate = rec.get("voxels_per_s")
                 extra = f", {rate / 1e6:.2f} Mvox/s" if rate else ""
                 lines.append(f"      {stage:<8} {rec.get('status', '?'):<8} {rec.get('wall_s', 0.0):7.1f} s{extra}")
+            if d.counts:
+                lines.append("      found    " + ", ".join(f"{v} {k}" for k, v in d.counts.items()))
             for key, path in d.outputs.items():
                 lines.append(f"      {key:<10} {path}")
         return "\n".join(lines)
@@ -456,6 +460,11 @@ def _image_voxels(store: Path) -> int:
 def _stage_ingest(ds: _Dataset, client: Any, resume: bool) -> int:
     from vollseg_dask.io.omezarr import open_image
 
+    if "segment" in ds.cfg.stages:
+        from vollseg_dask.validation import check_source_volume
+
+        # a 2-D image or time series would be converted, then refused by segmentation: refuse it now
+        check_source_volume(ds.source, axes=ds.cfg.input.axes, dataset=ds.cfg.input.dataset)
     if _is_zarr(ds.source):
         open_image(ds.source)  # validates axes and metadata up front
         return 0
@@ -491,6 +500,9 @@ def _stage_measure(ds: _Dataset, client: Any, resume: bool) -> int:
     res = measure_cells(ds.store, ds.dir / "cells", config=cfg, overwrite=not resume,
                         csv_btrackmate=ds.dir / "cells_btrackmate.csv")
     ds.manifest["measure_rows"] = res.n_rows
+    if res.n_rows == 0:
+        LOG.warning("%s: no cells found (empty labels %r): the cell table, tracks and exports are empty",
+                    ds.name, ds.cfg.labels_name)
     return int(res.voxels)
 
 
@@ -586,6 +598,18 @@ def _collect_outputs(ds: _Dataset, stage: str) -> None:
                 o[fmt] = str(ds.dir / rel)
 
 
+def _counts(manifest: dict[str, Any], stages: dict[str, Any]) -> dict[str, int]:
+    """Cells, spots and tracks recorded by the stages this run did or skipped as already done."""
+    out: dict[str, int] = {}
+    if "measure" in stages and isinstance(manifest.get("measure_rows"), int):
+        out["cells"] = manifest["measure_rows"]
+    tracking = manifest.get("tracking") or {}
+    for key in ("n_spots", "n_tracks"):
+        if "track" in stages and isinstance(tracking.get(key), int):
+            out[key[2:]] = tracking[key]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
@@ -617,6 +641,11 @@ def run(config: RunConfig | dict[str, Any] | str | os.PathLike[str], *, client: 
         Another run is using the output folder.
     StoreNotFoundError
         No input matches, or the output folder is not writable.
+    ModelNotFoundError, ConfigError
+        With ``predictor.kind="network"``: the models folder, a model sub-folder, its ``config.json``
+        or weights are missing, or a folder holds the wrong kind of model (checked before any data
+        set is touched). Bad input of one data set (2-D image, NaN, ...) fails that data set only,
+        with the reason in its report.
     """
     from vollseg_dask.config import load_config, parse_config, save_config
     from vollseg_dask.runtime import get_client
@@ -634,6 +663,11 @@ def run(config: RunConfig | dict[str, Any] | str | os.PathLike[str], *, client: 
 
     out = Path(cfg.output).expanduser()
     inputs = resolve_inputs(cfg.input.path)
+    if "segment" in stages and cfg.predictor.kind == "network":
+        from vollseg_dask.validation import check_models
+
+        # a missing or wrong model folder fails the whole run here, before any data set is touched
+        check_models(cfg.predictor.models, denoise=cfg.predictor.denoise)
     _check_writable(out)
     t0 = time.perf_counter()
     reports: list[DatasetReport] = []
@@ -656,6 +690,7 @@ def run(config: RunConfig | dict[str, Any] | str | os.PathLike[str], *, client: 
                     ds.report.reason = f"{type(exc).__name__}: {exc}"
                     ds.manifest["error"] = {"reason": ds.report.reason, "traceback": traceback.format_exc()}
                     LOG.error("data set %s failed: %s", name, ds.report.reason)
+                ds.report.counts = _counts(ds.manifest, ds.report.stages)
                 ds.manifest["status"] = ds.report.status
                 ds.manifest["peak_rss_bytes"] = _worker_peak_rss(dask_client)
                 ds.save()

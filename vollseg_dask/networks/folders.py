@@ -204,6 +204,9 @@ def inspect_model_folder(path: str | os.PathLike[str], kind: ModelKind | str) ->
                           f"{cfg.get('model_type')!r} (looks like a {found} model), expected {expected!r}")
     if cfg.get("n_dim", 3) != 3:
         raise ConfigError(f"{folder} holds a {cfg.get('n_dim')}D network; a 3D one is needed")
+    if int(cfg.get("n_channel_in", 1)) != 1:
+        raise ConfigError(f"{folder}: {kind} model with {cfg.get('n_channel_in')} input channels; "
+                          f"vollseg-dask feeds one channel")
     weights = _pick_weights(folder)
     return ModelFolderInfo(path=folder, kind=kind, config=cfg, weights=weights,
                            norm=(float(cfg.get("norm_pmin", 1.0)), float(cfg.get("norm_pmax", 99.8))))

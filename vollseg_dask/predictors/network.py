@@ -468,7 +468,9 @@ class NetworkPredictor(Predictor):
     normalization : (float, float), optional
         Percentiles (pmin, pmax) mapped to 0 and 1 for every network. ``None``: each model's own
         (``norm_pmin``/``norm_pmax`` of U-Net/N2V folders; (1, 99.8) for StarDist, the StarDist
-        default).
+        default). At a time point where both percentiles are equal (a constant volume) the image is
+        only shifted by the low one (range 1), with a warning; NaN/Inf in the image raise
+        :class:`~vollseg_dask.errors.InvalidDataError` naming the time point.
     percentiles_table : pandas.DataFrame or path or mapping, optional
         Global per-t percentiles, as returned by :func:`vollseg_dask.stats.global_percentiles`
         (one row per t, columns ``p<q>``), or a Parquet/CSV file of it. ``None``: computed in
@@ -614,6 +616,14 @@ class NetworkPredictor(Predictor):
             if not np.isfinite(vals).all():
                 raise InvalidDataError(f"percentiles table column {col!r} holds NaN or Inf")
             out[col] = vals
+        for kind, ref in self._refs.items():
+            lo, hi = out[percentile_column(ref.norm[0])], out[percentile_column(ref.norm[1])]
+            flat = np.flatnonzero(hi <= lo)
+            if flat.size:
+                # a constant (e.g. empty, all-zero) volume: _lohi widens the range so nothing divides by zero
+                LOG.warning("%s normalisation: percentiles %s and %s are equal at t=%s (constant or nearly empty "
+                            "volume); intensities there are shifted by the low percentile, not scaled",
+                            kind, *ref.norm, ",".join(str(int(t)) for t in flat[:20]))
         self._percentiles = out
 
     # ------------------------------------------------------------------ Predictor interface
@@ -721,7 +731,10 @@ class NetworkPredictor(Predictor):
         lo_col, hi_col = self._percentiles[percentile_column(q0)], self._percentiles[percentile_column(q1)]
         if not 0 <= int(t) < len(lo_col):
             raise ConfigError(f"time point t={t} is outside the percentiles table ({len(lo_col)} rows)")
-        return float(lo_col[int(t)]), float(hi_col[int(t)])
+        lo, hi = float(lo_col[int(t)]), float(hi_col[int(t)])
+        if hi <= lo:  # constant volume (warned in set_percentiles): unit range, no division by ~0
+            hi = lo + 1.0
+        return lo, hi
 
     def _check_block(self, image: np.ndarray, read: Sequence[slice], core: Sequence[slice],
                      volume_shape: Sequence[int]) -> tuple[Slices, Slices, tuple[int, int, int]]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from vollseg_dask.errors import AxesError, ConfigError, StoreExistsError
+from vollseg_dask.errors import ConfigError, StoreExistsError
 from vollseg_dask.plan import BlockPlan, plan_blocks
 from vollseg_dask.segmentation import tasks as T
 from vollseg_dask.segmentation.config import SegmentationConfig
@@ -216,6 +216,7 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
     from vollseg_dask.config import parse_config, save_config
     from vollseg_dask.io.omezarr import open_image
     from vollseg_dask.runtime import StageTimer, get_client
+    from vollseg_dask.validation import check_channel, check_volume_axes
 
     if config is None:
         cfg = SegmentationConfig()
@@ -233,13 +234,11 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
     store = str(Path(store))
     img = open_image(store, 0)
     axes = img.axes
-    if not all(a in axes for a in "zyx"):
-        raise AxesError(f"image axes {axes!r} lack z, y or x: segmentation needs a 3-D volume")
+    check_volume_axes(axes, img.shape, f"image {store}")
+    check_channel(axes, img.shape, cfg.channel, "channel" in cfg.model_fields_set, f"image {store}")
     vol = tuple(int(img.shape[axes.index(a)]) for a in "zyx")
     n_t = int(img.shape[axes.index("t")]) if "t" in axes else 1
     n_c = int(img.shape[axes.index("c")]) if "c" in axes else 1
-    if cfg.channel >= n_c:
-        raise ConfigError(f"channel {cfg.channel} out of range: the image has {n_c} channel(s)")
 
     lay = RunLayout(store, out_name)
     labels_dir = Path(store) / "labels" / out_name
