@@ -58,6 +58,8 @@ __all__ = [
     "load_npz",
     "train_stardist",
     "train_from_config",
+    "init_weights_path",
+    "load_init_weights",
     "KIND_ORIGINAL",
     "KIND_AUGMENTED",
     "KIND_DENOISED",
@@ -150,6 +152,10 @@ class TrainingConfig(StrictModel):
     optimize_thresholds: bool = Field(True, description="Optimise StarDist thresholds on the validation data.")
     threshold_max_candidates: int = Field(
         3000, ge=10, description="Threshold search: at most this many candidates per validation volume.")
+    init_from: str | None = Field(
+        None, description="Fine-tuning: a folder of model folders (stardist/, unet/, n2v/) or 'bundled' whose "
+                          "weights_best.h5 initialise each network trained; its architecture (NetworkDepth, "
+                          "startfilter, Rays, grid, ...) must match. None: random initialisation.")
 
     # ------------------------------------------------------------------ output
     model_dir: str = Field("models", description="Parent folder of the model folders.")
@@ -480,6 +486,51 @@ def _recompute_targets(patches: PatchSet, width: int, mode: str) -> None:
     patches.meta["boundary_mode"] = mode
 
 
+# ----------------------------------------------------------------------------------------- fine-tuning
+def init_weights_path(init_from: str | os.PathLike[str] | None, kind: str) -> Path | None:
+    """``weights_best.h5`` of the ``kind`` model under ``init_from`` (``"bundled"``: the shipped models).
+
+    Parameters
+    ----------
+    init_from : path, ``"bundled"`` or None
+        Folder holding ``stardist/``, ``unet/``, ``n2v/`` model folders.
+    kind : {"stardist", "unet", "n2v"}
+
+    Returns
+    -------
+    pathlib.Path or None
+        None when ``init_from`` is None.
+
+    Raises
+    ------
+    ModelNotFoundError
+        The folder or its weights file is missing.
+    """
+    from vollseg_dask.errors import ModelNotFoundError
+    from vollseg_dask.networks.folders import bundled_model_dir
+
+    if init_from is None:
+        return None
+    folder = bundled_model_dir(kind) if str(init_from) == "bundled" else Path(init_from) / kind
+    weights = folder / "weights_best.h5"
+    if not weights.is_file():
+        raise ModelNotFoundError(f"fine-tuning needs {weights} (init_from={str(init_from)!r}, {kind} model)")
+    return weights
+
+
+def load_init_weights(keras_model: Any, weights: str | os.PathLike[str] | None, kind: str) -> None:
+    """Load ``weights`` into ``keras_model`` (no-op for None); a mismatching architecture is a ConfigError."""
+    if weights is None:
+        return
+    try:
+        keras_model.load_weights(str(weights))
+    except (ValueError, KeyError, OSError) as exc:
+        raise ConfigError(f"initial {kind} weights {weights} do not fit the network being trained (match "
+                          f"NetworkDepth, startfilter, Kernel, Rays, grid, star_conv_after_unet to that model): "
+                          f"{exc}") from exc
+    LOG.info("%s initialised from %s", kind, weights)
+
+
 # ----------------------------------------------------------------------------------------- StarDist
 def _stardist_augmenter(seed: int):
     rng = np.random.default_rng(seed)
@@ -496,7 +547,8 @@ def train_stardist(X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, Y_val: np.nd
                    kernel: int = 3, conv_after_unet: int = 64, epochs: int = 20, steps_per_epoch: int = 50,
                    learning_rate: float = 3e-4, batch_size: int = 2, seed: int = 0,
                    optimize_on: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
-                   max_candidates: int = 3000, verbose: int = 0) -> tuple[Any, dict[str, list[float]], dict[str, float] | None]:
+                   max_candidates: int = 3000, init_weights: str | os.PathLike[str] | None = None,
+                   verbose: int = 0) -> tuple[Any, dict[str, list[float]], dict[str, float] | None]:
     """Train a StarDist3D model (golden-spiral rays) and write its folder.
 
     Parameters
@@ -517,6 +569,9 @@ def train_stardist(X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, Y_val: np.nd
         Normalised volumes for ``optimize_thresholds`` (``None``: skip; thresholds default).
     max_candidates : int
         See :func:`optimize_stardist_thresholds`.
+    init_weights : path, optional
+        Weights file (``weights_best.h5`` of a StarDist3D folder with the same architecture) to start
+        from (fine-tuning); None: random initialisation.
 
     Returns
     -------
@@ -543,6 +598,7 @@ def train_stardist(X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, Y_val: np.nd
     folder.parent.mkdir(parents=True, exist_ok=True)
     with quiet_stdout(LOG):
         model = StarDist3D(conf, name=folder.name, basedir=str(folder.parent))
+    load_init_weights(model.keras_model, init_weights, "stardist")
     Xl = [np.asarray(x, np.float32) for x in X]
     Yl = [fill_label_holes(np.asarray(y)) for y in Y]
     Xv = [np.asarray(x, np.float32) for x in X_val]
@@ -690,6 +746,7 @@ def train_from_config(config: TrainingConfig, verbose: int = 0) -> TrainingResul
                          norm_pmin=config.norm_pmin, norm_pmax=config.norm_pmax, voxel_size=voxel_size,
                          train_data=train_text)
         n2v = N2V(ncfg, folder)
+        load_init_weights(n2v.keras_model, init_weights_path(config.init_from, "n2v"), "n2v")
         xs = patches.X[patches.kind == KIND_ORIGINAL]
         xv = patches.X_val[patches.kind_val == KIND_ORIGINAL]
         t = time.perf_counter()
@@ -722,7 +779,8 @@ def train_from_config(config: TrainingConfig, verbose: int = 0) -> TrainingResul
             kernel=config.kernel, conv_after_unet=config.star_conv_after_unet,
             epochs=config.star_epochs or config.epochs, steps_per_epoch=config.steps_per_epoch,
             learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed,
-            optimize_on=opt, max_candidates=config.threshold_max_candidates, verbose=verbose)
+            optimize_on=opt, max_candidates=config.threshold_max_candidates,
+            init_weights=init_weights_path(config.init_from, "stardist"), verbose=verbose)
         result.seconds["stardist"] = round(time.perf_counter() - t, 2)
         result.histories["stardist"] = hist
         result.thresholds = th
@@ -741,6 +799,7 @@ def train_from_config(config: TrainingConfig, verbose: int = 0) -> TrainingResul
                           norm_pmin=config.norm_pmin, norm_pmax=config.norm_pmax, voxel_size=voxel_size,
                           train_data=train_text)
         unet = UNet(ucfg, folder)
+        load_init_weights(unet.keras_model, init_weights_path(config.init_from, "unet"), "unet")
         t = time.perf_counter()
         result.histories["unet"] = unet.train(patches.X, patches.B, (patches.X_val, patches.B_val),
                                               epochs=config.unet_epochs or config.epochs,
