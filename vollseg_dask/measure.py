@@ -117,8 +117,11 @@ def _open(store: str, path: str):
 
 
 def _read_zyx(arr: Any, axes: str, t: int | None, core: tuple[slice, slice, slice], c: int | None = 0) -> np.ndarray:
+    from vollseg_dask.io.omezarr import read_region
+
     shape = tuple(s.stop - s.start for s in core)
-    return np.asarray(arr[_index(axes, t, core, c=c)]).reshape(shape)
+    # a chunk the codec cannot decode is named (CorruptChunkError) rather than a bare codec error
+    return read_region(arr, _index(axes, t, core, c=c)).reshape(shape)
 
 
 def _partials_task(store: str, lab_path: str, lab_axes: str, img_path: str | None, img_axes: str,

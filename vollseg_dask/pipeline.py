@@ -457,6 +457,26 @@ def _image_voxels(store: Path) -> int:
     return n
 
 
+def _check_missing_chunks(ds: _Dataset, img: Any) -> None:
+    """Warn about image chunks without a file (zarr reads them as the fill value; docs: Faults).
+
+    A writer may legitimately skip chunks equal to the fill value, so this is a warning, not an
+    error; for a microscope image a missing chunk usually means a damaged or incomplete copy.
+    """
+    import zarr
+
+    from vollseg_dask.io.omezarr import missing_chunks
+
+    arr = zarr.open_array(store=str(img.store), path=img.path, mode="r")
+    n, keys = missing_chunks(arr)
+    if n:
+        more = f" and {n - len(keys)} more" if n > len(keys) else ""
+        LOG.warning("%s: %d chunk(s) of image array %r in %s have no file and read as the fill value %s: %s%s; "
+                    "if the image should hold data there, the store is damaged", ds.name, n, img.path, img.store,
+                    arr.fill_value, ", ".join(keys), more)
+        ds.manifest["missing_chunks"] = {"array": img.path, "n": n, "keys": keys}
+
+
 def _stage_ingest(ds: _Dataset, client: Any, resume: bool) -> int:
     from vollseg_dask.io.omezarr import open_image
 
@@ -466,7 +486,8 @@ def _stage_ingest(ds: _Dataset, client: Any, resume: bool) -> int:
         # a 2-D image or time series would be converted, then refused by segmentation: refuse it now
         check_source_volume(ds.source, axes=ds.cfg.input.axes, dataset=ds.cfg.input.dataset)
     if _is_zarr(ds.source):
-        open_image(ds.source)  # validates axes and metadata up front
+        img = open_image(ds.source)  # validates axes and metadata up front
+        _check_missing_chunks(ds, img)
         return 0
     from vollseg_dask.io.ingest import convert
 

@@ -58,6 +58,9 @@ __all__ = [
     "level_shape",
     "downsample_mean_yx",
     "downsample_nearest_yx",
+    "read_region",
+    "chunk_file",
+    "missing_chunks",
 ]
 
 LOG = logging.getLogger(__name__)
@@ -282,6 +285,196 @@ def _level_chunking(chunks: tuple[int, ...], shards: tuple[int, ...] | None,
         return ck, None
     sk = tuple(min(sh, -(-s // c) * c) for sh, c, s in zip(shards, ck, shape, strict=True))
     return ck, sk
+
+
+# --------------------------------------------------------------------------------------------------
+# Chunk reads that name a corrupt chunk
+# --------------------------------------------------------------------------------------------------
+
+
+def _unit_shape(arr: zarr.Array) -> tuple[int, ...]:
+    """Storage unit (shard when sharded, else chunk): the unit that is one file in the store."""
+    return tuple(int(c) for c in (arr.shards or arr.chunks))
+
+
+def chunk_file(arr: zarr.Array, coords: Sequence[int]) -> tuple[str, Path | None]:
+    """Key and file of the storage unit at grid position ``coords`` of ``arr``.
+
+    Parameters
+    ----------
+    arr : zarr.Array
+        Any zarr array (v2 or v3, sharded or not).
+    coords : sequence of int
+        Position in the grid of storage units (shards when sharded), one per axis.
+
+    Returns
+    -------
+    key : str
+        The chunk key inside the array, e.g. ``"c/1/0/2/3"`` (v3) or ``"1.0.2.3"`` (v2).
+    file : pathlib.Path or None
+        The file holding it when the store is a local folder, else None.
+    """
+    key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+    root = getattr(arr.store, "root", None)
+    file = None if root is None else Path(str(root)) / arr.path / key
+    return key, file
+
+
+def _index_ranges(index: Any, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """Per-axis [start, stop) of a basic index (ints and unit-step slices); None for anything else."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if any(i is Ellipsis for i in index):
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (len(shape) - len(index) + 1) + index[k + 1:]
+    index = index + (slice(None),) * (len(shape) - len(index))
+    if len(index) != len(shape):
+        return None
+    out = []
+    for i, n in zip(index, shape, strict=True):
+        if isinstance(i, int | np.integer):
+            j = int(i) + n if int(i) < 0 else int(i)
+            out.append((j, j + 1))
+        elif isinstance(i, slice) and i.step in (None, 1):
+            start, stop, _ = i.indices(n)
+            out.append((start, max(start, stop)))
+        else:
+            return None
+    return out
+
+
+def _locate_bad_chunk(arr: zarr.Array, index: Any, exc: BaseException, what: str | None) -> BaseException:
+    """Re-read ``arr[index]`` one storage unit at a time; a unit that fails alone becomes the error.
+
+    Returns a :class:`CorruptChunkError` naming the array, chunk key, grid position and file, or
+    ``exc`` itself when no single unit fails (the error was not about the stored bytes).
+    """
+    from vollseg_dask.errors import CorruptChunkError
+
+    ranges = _index_ranges(index, tuple(int(s) for s in arr.shape))
+    if ranges is None:
+        return exc
+    unit = _unit_shape(arr)
+    per_axis = [range(lo // u, -(-hi // u)) for (lo, hi), u in zip(ranges, unit, strict=True)]
+    for coords in np.ndindex(*(len(r) for r in per_axis)):
+        pos = tuple(r[c] for r, c in zip(per_axis, coords, strict=True))
+        sel = tuple(slice(p * u, min((p + 1) * u, int(n))) for p, u, n in zip(pos, unit, arr.shape, strict=True))
+        try:
+            arr[sel]
+        except Exception as err:  # noqa: BLE001 - any decoder's error: the codec libraries raise what they like
+            key, file = chunk_file(arr, pos)
+            label = f"{what} " if what else ""
+            where = f"file {file}" if file is not None else f"store {arr.store}"
+            return CorruptChunkError(
+                f"{label}array {arr.path or '/'!r}: chunk {key!r} (grid position {pos}, voxels "
+                f"{[(s.start, s.stop) for s in sel]}) cannot be read or decoded ({type(err).__name__}: {err}); "
+                f"{where}. Restore that chunk (or re-convert the input) and run again: finished work is kept"
+            )
+    return exc
+
+
+def read_region(arr: zarr.Array, index: Any, *, what: str | None = None) -> np.ndarray:
+    """``numpy.asarray(arr[index])``, with a chunk that cannot be decoded named in the error.
+
+    The one place where the readers of images and labels (segmentation units, measurement,
+    ``OmeImage.data``) turn a codec's error (zstd, blosc, a truncated file ...) into a
+    :class:`~vollseg_dask.errors.CorruptChunkError` naming the array path, the chunk key, its grid
+    position and its file. Only when the read fails are the storage units re-read one by one to find
+    the culprit, so the normal path costs nothing.
+
+    Parameters
+    ----------
+    arr : zarr.Array
+        Array to read (v2 or v3, sharded or not).
+    index : tuple of int / slice
+        Basic index (ints and unit-step slices; anything else is passed through unchanged).
+    what : str, optional
+        Words naming the array in the message, e.g. ``"image /data/x.ome.zarr"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``arr[index]``.
+
+    Raises
+    ------
+    CorruptChunkError
+        A storage unit inside ``index`` cannot be read or decoded.
+
+    Notes
+    -----
+    A *missing* chunk is not an error to zarr (it reads as the fill value); see
+    :func:`missing_chunks` for the up-front check of an input image.
+    """
+    try:
+        return np.asarray(arr[index])
+    except Exception as exc:
+        from vollseg_dask.errors import VollSegError
+
+        if isinstance(exc, VollSegError):
+            raise
+        err = _locate_bad_chunk(arr, index, exc, what)
+        if err is exc:
+            raise
+        raise err from exc
+
+
+def _checked_getter(a: Any, b: Any, asarray: bool = True, lock: Any = None) -> Any:
+    """Dask getter of :attr:`OmeImage.data`: ``dask.array.core.getter`` naming a corrupt chunk."""
+    from dask.array.core import getter
+
+    try:
+        return getter(a, b, asarray=asarray, lock=lock)
+    except Exception as exc:
+        from vollseg_dask.errors import VollSegError
+
+        if isinstance(exc, VollSegError):
+            raise
+        err = _locate_bad_chunk(a, b, exc, None)
+        if err is exc:
+            raise
+        raise err from exc
+
+
+def missing_chunks(arr: zarr.Array, limit: int = 10) -> tuple[int, list[str]]:
+    """Storage units of a local array that have no file (zarr would read them as the fill value).
+
+    Parameters
+    ----------
+    arr : zarr.Array
+        Array in a local folder store (other stores: ``(0, [])``, nothing is checked).
+    limit : int
+        How many missing keys to return by name.
+
+    Returns
+    -------
+    n_missing : int
+        Number of storage units without a file.
+    keys : list of str
+        The first ``limit`` of their chunk keys, in grid order.
+    """
+    root = getattr(arr.store, "root", None)
+    if root is None:
+        return 0, []
+    folder = Path(str(root)) / arr.path
+    unit = _unit_shape(arr)
+    grid = tuple(-(-int(n) // u) for n, u in zip(arr.shape, unit, strict=True))
+    present: set[str] = set()
+    for dirpath, _, files in os.walk(folder):
+        rel = os.path.relpath(dirpath, folder)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        present.update(prefix + f for f in files)
+    if math.prod(grid) == 0:
+        return 0, []
+    missing: list[str] = []
+    n = 0
+    for pos in np.ndindex(*grid):
+        key = arr.metadata.encode_chunk_key(pos)
+        if key not in present:
+            n += 1
+            if len(missing) < limit:
+                missing.append(key)
+    return n, missing
 
 
 # --------------------------------------------------------------------------------------------------
@@ -525,7 +718,11 @@ def _open_level(root: Path, group_rel: str, level: int) -> OmeImage:
         raise AxesError(f"{root}/{path}: array has shape {arr.shape} but the metadata names axes {axes!r}")
     scale = _scale_from_meta(ms, level, arr.ndim)
     unit_chunks = arr.shards if arr.shards is not None else arr.chunks
-    data = da.from_zarr(arr, chunks=unit_chunks)
+    # from_zarr's graph, but with a getter that names a chunk the codec cannot decode
+    from dask.base import tokenize
+
+    name = "from-zarr-" + tokenize(arr, path, {}, unit_chunks)
+    data = da.from_array(arr, chunks=unit_chunks, name=name, getitem=_checked_getter)
     return OmeImage(data=data, axes=axes, scale=scale, units=units, store=root, path=path, level=int(level),
                     n_levels=n_levels, ngff_version=version)
 

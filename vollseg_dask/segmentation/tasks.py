@@ -113,8 +113,10 @@ def predict(ctx: RunContext, predictor, t: int, block: Block) -> dict[str, Any]:
     if predictor.needs_image:
         import zarr
 
+        from vollseg_dask.io.omezarr import read_region
+
         arr = zarr.open_array(store=ctx.image_store, path=ctx.image_path, mode="r")
-        image = np.asarray(arr[_image_index(ctx, t, block.read)])
+        image = read_region(arr, _image_index(ctx, t, block.read), what=f"image {ctx.image_store}")
     pred = predictor.predict_block(image, t=t, read=tuple(block.read), core=_core(block),
                                    volume_shape=ctx.volume_shape, prob_threshold=ctx.prob_threshold)
     pred = validate_prediction(pred, block.shape, block.core, ctx.n_rays)
