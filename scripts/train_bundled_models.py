@@ -33,6 +33,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -461,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="TensorFlow threads.")
     ap.add_argument("--quick", action="store_true", help="Tiny schedule (smoke test, not for shipping).")
     ap.add_argument("--no-pipeline", action="store_true", help="Skip the full-pipeline evaluation.")
+    ap.add_argument("--reuse-staged", action="store_true",
+                    help="Skip training when --work holds the models (and training_result.json) of an earlier "
+                         "run of this script whose evaluation did not finish.")
     ap.add_argument("--cards-only", action="store_true",
                     help="Only rewrite the README cards of --out from its training_record.json.")
     ap.add_argument("--evaluate-only", action="store_true",
@@ -501,9 +505,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg_dict = training_config(work, args.quick)
     cfg = TrainingConfig(**cfg_dict)
     staged = cfg.output_dir
-    if staged.exists():
-        shutil.rmtree(staged)
-    result = train_from_config(cfg, verbose=2)
+    saved = staged / "training_result.json"
+    if args.reuse_staged and saved.is_file():
+        # a run whose evaluation failed: evaluate the models it trained instead of training again
+        result = SimpleNamespace(**json.loads(saved.read_text(encoding="utf-8")))
+        LOG.info("reusing the models trained in %s", staged)
+    else:
+        if staged.exists():
+            shutil.rmtree(staged)
+        result = train_from_config(cfg, verbose=2)
+        saved.write_text(json.dumps({k: getattr(result, k) for k in
+                                     ("seconds", "n_train", "n_val", "thresholds", "histories")}, indent=1),
+                         encoding="utf-8")
     LOG.info("training done: %s", result.seconds)
     if not args.quick and stardist_prob_head_dead(result.histories.get("stardist", {})):
         LOG.error("StarDist's probability loss did not fall (a dead probability head: every voxel gets the "
