@@ -50,7 +50,9 @@ def run_demo(out: str | os.PathLike[str], *, shape: tuple[int, int, int, int] = 
     The store is reused when it already exists with the same settings, and every stage resumes, so
     running the demo twice is cheap.
     """
-    from vollseg_dask.synthetic import BUNDLED_MODEL_TISSUE, SyntheticConfig, write_synthetic
+    from vollseg_dask.config import load_config
+    from vollseg_dask.errors import StoreExistsError
+    from vollseg_dask.synthetic import BUNDLED_MODEL_TISSUE, CONFIG_FILE, SyntheticConfig, write_synthetic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,10 @@ def run_demo(out: str | os.PathLike[str], *, shape: tuple[int, int, int, int] = 
     syn = SyntheticConfig(shape=shape, n_cells=n_cells, seed=seed, **BUNDLED_MODEL_TISSUE)
     if not (store / "zarr.json").is_file():
         write_synthetic(store, syn)
+    elif not (store / CONFIG_FILE).is_file() or load_config(SyntheticConfig, store / CONFIG_FILE) != syn:
+        raise StoreExistsError(f"{store} exists but was not written by this demo with these settings "
+                               f"(shape {tuple(shape)}, {n_cells} cells, seed {seed}); remove it or choose "
+                               "another --out")
     if synthetic_only:
         return f"synthetic store: {store}"
 
