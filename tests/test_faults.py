@@ -161,32 +161,50 @@ def test_worker_killed_mid_segmentation_gives_identical_output(pristine, referen
 # ------------------------------------------------------------------------------------------------
 
 
+def _cells_done(out: Path) -> list[Path]:
+    return sorted((out / "syn" / "cells").glob("t=*/_SUCCESS"))
+
+
 @pytest.mark.slow
-def test_killed_run_process_resumes_to_identical_output(pristine, reference, tmp_path):
+@pytest.mark.parametrize(("cluster", "kill_in"), [
+    ({"kind": "threads"}, "segment"),
+    ({"kind": "local", "n_workers": 1, "threads_per_worker": 1, "memory_limit": "1GiB"}, "measure"),
+], ids=["threads-segment", "localcluster-measure"])
+def test_killed_run_process_resumes_to_identical_output(pristine, reference, tmp_path, cluster, kill_in):
+    psutil = pytest.importorskip("psutil")
     from vollseg_dask.config import save_config
 
     store = _copy(pristine, tmp_path)
     out = tmp_path / "out"
-    cfg = _config(store, out)
+    cfg = _config(store, out, cluster=cluster)
     cfg_file = tmp_path / "run.yaml"
     save_config(cfg, cfg_file)
-    child = subprocess.Popen([sys.executable, "-m", "vollseg_dask", "run", str(cfg_file)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    started = {"segment": lambda: _markers(store, "predict"), "measure": lambda: _cells_done(out)}[kill_in]
+    log = tmp_path / "child.log"
+    with open(log, "wb") as fh:
+        child = subprocess.Popen([sys.executable, "-m", "vollseg_dask", "run", str(cfg_file)], stdout=fh, stderr=fh)
     try:
         deadline = time.monotonic() + 120
-        while not _markers(store, "predict"):
-            assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read()!r}"
-            assert time.monotonic() < deadline, "no segmentation unit finished within 120 s"
+        while not started():
+            assert child.poll() is None, f"the run ended before it could be killed: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no {kill_in} unit finished within 120 s"
             time.sleep(0.005)
+        tree = psutil.Process(child.pid).children(recursive=True)  # worker processes of a LocalCluster
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=30) == -signal.SIGKILL
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    child.stderr.close()
-    assert not _markers(store, "final"), "the segmentation finished before the kill"
+    # the dead run's workers go with it: none keeps writing while the next run resumes
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    assert not alive, f"processes of the killed run still alive: {alive}"
+    if kill_in == "segment":
+        assert not _markers(store, "final"), "the segmentation finished before the kill"
+    else:
+        assert len(_cells_done(out)) < SHAPE[0], "the measurement finished before the kill"
     n_done = len(_markers(store, "predict"))
+    n_cells_done = len(_cells_done(out))
     lock = out / ".vollseg.lock"
     assert json.loads(lock.read_text())["pid"] == child.pid  # the dead run's lock is still there
 
@@ -195,8 +213,14 @@ def test_killed_run_process_resumes_to_identical_output(pristine, reference, tmp
     assert not lock.exists()
     assert _hashes(store, out) == reference["hashes"]
     manifest = json.loads((out / "syn" / "manifest.json").read_text())
-    # resumed: the units finished before the kill were not submitted again
-    assert manifest["segment_blocks"]["n_tasks"] <= reference["n_tasks"] - n_done
+    if kill_in == "segment":
+        # resumed: the units finished before the kill were not submitted again
+        assert manifest["segment_blocks"]["n_tasks"] <= reference["n_tasks"] - n_done
+    else:
+        stages = report.datasets[0].stages
+        assert stages["segment"]["status"] == "skipped"
+        # resumed: only the time points not finished before the kill were measured
+        assert stages["measure"]["voxels"] == (SHAPE[0] - n_cells_done) * int(np.prod(SHAPE[1:]))
 
 
 # ------------------------------------------------------------------------------------------------
