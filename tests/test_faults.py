@@ -349,3 +349,52 @@ def test_missing_image_chunk_is_reported_by_the_run(pristine, tmp_path, caplog):
     assert len(warned) == 1 and "1 chunk(s)" in warned[0] and key in warned[0]
     manifest = json.loads((tmp_path / "out" / "syn" / "manifest.json").read_text())
     assert manifest["missing_chunks"] == {"array": open_image(store).path, "n": 1, "keys": [key]}
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Stale locks (a live second run is refused: tests/test_pipeline.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def _write_lock(out: Path, pid: int, since: float) -> Path:
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".vollseg.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": since}))
+    return lock
+
+
+def test_lock_of_killed_unreaped_process_is_taken_over(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    from vollseg_dask.pipeline import run_lock
+
+    since = time.time()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(child.pid, signal.SIGKILL)  # killed, not yet waited for: a zombie whose pid still exists
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        lock = _write_lock(tmp_path, child.pid, since)
+        with run_lock(tmp_path):
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_lock_whose_pid_was_reused_is_taken_over_but_a_live_owner_is_not(tmp_path):
+    from vollseg_dask.errors import LockedError
+    from vollseg_dask.pipeline import run_lock
+
+    # a lock written before the process now holding that pid started (e.g. before a reboot)
+    lock = _write_lock(tmp_path, os.getppid(), since=1.0e9)
+    with run_lock(tmp_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    # the same live process, lock written after it started: it owns the lock
+    _write_lock(tmp_path, os.getppid(), since=time.time())
+    with pytest.raises(LockedError, match=f"pid {os.getppid()}"):
+        with run_lock(tmp_path):
+            pass

@@ -241,14 +241,24 @@ def _dataset_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int, since: float | None = None) -> bool:
+    """Whether the process that wrote a lock at time ``since`` (epoch s) still runs.
+
+    A killed process that nobody reaped yet (a zombie) is dead; a live process that started after
+    ``since`` reuses the pid of a dead one (after a reboot, for instance) and is not the lock's owner.
+    """
+    import psutil  # a dependency of distributed
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        # create_time has a resolution of a clock tick: allow a second before the lock's time
+        return not (isinstance(since, int | float) and proc.create_time() > since + 1.0)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 @contextmanager
@@ -273,7 +283,8 @@ def run_lock(out: Path) -> Iterator[Path]:
                 held = json.loads(lock.read_text())
             except (OSError, ValueError):
                 held = {}
-            if held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"]):
+            pid = held.get("pid")
+            if held.get("host") == me["host"] and isinstance(pid, int) and not _pid_alive(pid, held.get("since")):
                 LOG.warning("removing stale lock of dead process %s in %s", held["pid"], out)
                 lock.unlink(missing_ok=True)
                 continue
