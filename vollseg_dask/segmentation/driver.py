@@ -88,6 +88,11 @@ class SegmentationResult:
         return all(c["status"] in ("exact", "agreed") for c in self.certificates.values())
 
 
+def _shared(obj: Any) -> Any:
+    """Task returning its argument: an object shared by many tasks that survives a worker's death."""
+    return obj
+
+
 class _Runner:
     """Submit units to a distributed client (or a thread pool) and gather their results in order."""
 
@@ -99,12 +104,17 @@ class _Runner:
         self._scattered: dict[int, Any] = {}
 
     def share(self, obj: Any) -> Any:
-        """Send a (possibly large) object to the workers once; tasks receive it by reference."""
+        """Send an object to the workers once; tasks receive it by reference.
+
+        It travels as the argument of one task rather than by ``scatter``: scattered data dies with
+        the workers holding it (a run whose only worker is killed would fail), while the scheduler
+        recomputes a lost task result. ``obj`` must pickle small (predictors hold no model).
+        """
         if self.client is None:
             return obj
         key = id(obj)
         if key not in self._scattered:
-            self._scattered[key] = self.client.scatter(obj, broadcast=True, hash=False)
+            self._scattered[key] = self.client.submit(_shared, obj, pure=False)
         return self._scattered[key]
 
     def run(self, units: Sequence[tuple[Callable[..., Any], tuple]], desc: str) -> list[Any]:
