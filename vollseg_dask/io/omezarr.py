@@ -419,21 +419,22 @@ def read_region(arr: zarr.Array, index: Any, *, what: str | None = None) -> np.n
         raise err from exc
 
 
-def _checked_getter(a: Any, b: Any, asarray: bool = True, lock: Any = None) -> Any:
-    """Dask getter of :attr:`OmeImage.data`: ``dask.array.core.getter`` naming a corrupt chunk."""
-    from dask.array.core import getter
+class _NamedChunkReader:
+    """Array-like view of a zarr array for :func:`dask.array.from_array` whose reads go through
+    :func:`read_region` (a corrupt chunk is named).
 
-    try:
-        return getter(a, b, asarray=asarray, lock=lock)
-    except Exception as exc:
-        from vollseg_dask.errors import VollSegError
+    Dask's own ``getter`` calls ``__getitem__``, so Dask still fuses a later slice into the read
+    (reading a plane of a shard reads that plane's chunks, not the whole shard).
+    """
 
-        if isinstance(exc, VollSegError):
-            raise
-        err = _locate_bad_chunk(a, b, exc, None)
-        if err is exc:
-            raise
-        raise err from exc
+    def __init__(self, arr: zarr.Array) -> None:
+        self.arr = arr
+        self.shape = tuple(int(n) for n in arr.shape)
+        self.dtype = np.dtype(arr.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return read_region(self.arr, index)
 
 
 def missing_chunks(arr: zarr.Array, limit: int = 10) -> tuple[int, list[str]]:
@@ -718,11 +719,12 @@ def _open_level(root: Path, group_rel: str, level: int) -> OmeImage:
         raise AxesError(f"{root}/{path}: array has shape {arr.shape} but the metadata names axes {axes!r}")
     scale = _scale_from_meta(ms, level, arr.ndim)
     unit_chunks = arr.shards if arr.shards is not None else arr.chunks
-    # from_zarr's graph, but with a getter that names a chunk the codec cannot decode
+    # from_zarr's graph, reading through read_region: a chunk the codec cannot decode is named
     from dask.base import tokenize
 
     name = "from-zarr-" + tokenize(arr, path, {}, unit_chunks)
-    data = da.from_array(arr, chunks=unit_chunks, name=name, getitem=_checked_getter)
+    data = da.from_array(_NamedChunkReader(arr), chunks=unit_chunks, name=name,
+                         meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))
     return OmeImage(data=data, axes=axes, scale=scale, units=units, store=root, path=path, level=int(level),
                     n_levels=n_levels, ngff_version=version)
 
