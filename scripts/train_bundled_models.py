@@ -320,6 +320,8 @@ number is `vollseg_dask/models/training_record.json`.) Machine: {record['machine
 {secs['total_script']:.0f} s ({secs['total_script'] / 60:.1f} min) including data generation
 ({secs['data']:.0f} s) and evaluation ({secs['evaluation']:.0f} s). Versions: {json.dumps(record['versions'])}.
 """
+    if record.get("history_note"):
+        common += f"\n**About this run's record.** {record['history_note']}\n"
     pipe = record.get("pipeline")
     pipe_text = ""
     if pipe:
