@@ -481,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in run_model_set(store, spec.stain, predictor, f"bundled_{scaling}", work, f,
                                    plots / f"{key}_whole" / f"bundled_{scaling}"):
                 recs.append({"model_set": "bundled", "scaling": scaling, **r})
-        sec_a["datasets"].append({"key": key, "label": f"{spec.file} (whole, {spec.stain}, voxel {vs} µm)",
+        sec_a["datasets"].append({"key": key, "label": f"{spec.file} (whole, {spec.stain}, voxel "
+                                                   f"{tuple(round(v, 4) for v in vs)} µm)",
                                   "voxel_size": list(vs), "records": recs})
     results["sections"].append(sec_a)
 
