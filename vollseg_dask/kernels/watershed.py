@@ -40,6 +40,9 @@ __all__ = [
     "core_components",
     "size_table",
     "select_objects",
+    "interface_table",
+    "merge_groups",
+    "PROB_SCALE",
     "dilation_footprint",
     "expansion_rounds",
     "expand_labels",
@@ -232,6 +235,108 @@ def size_table(labels: np.ndarray, z_offset: int = 0) -> dict[str, np.ndarray]:
             zmin[i] = np.minimum(zmin[i], z + z_offset)
             zmax[i] = np.maximum(zmax[i], z + z_offset)
     return {"id": ids.astype(np.uint64), "count": counts.astype(np.int64), "zmin": zmin, "zmax": zmax}
+
+
+#: probabilities are summed as integers (units of 2**-16) so that block partials add up exactly
+PROB_SCALE = 1 << 16
+
+
+def interface_table(labels: np.ndarray, prob: np.ndarray, core_shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Faces between touching objects, owned by the block whose core holds the lower voxel.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray, shape (z, y, x), unsigned integer
+        Provisional labels of a block's core grown by (up to) one voxel on the high side of each axis
+        (the core is ``labels[:cz, :cy, :cx]``).
+    prob : numpy.ndarray, shape of ``labels``, float in [0, 1]
+        StarDist probability over the same region.
+    core_shape : tuple of 3 int
+        Shape of the core.
+
+    Returns
+    -------
+    dict
+        ``a`` < ``b`` (uint64): object pairs sharing a face; ``n`` (int64): face voxel pairs (p, p + 1
+        along one axis, p in the core); ``s`` (int64): sum over them of ``min(prob[p], prob[p + 1])``
+        in units of ``1 / PROB_SCALE``. Summing ``n`` and ``s`` over blocks gives whole-volume values
+        exactly, whatever the block shape.
+    """
+    labels = np.asarray(labels)
+    prob = np.asarray(prob)
+    if labels.ndim != 3 or prob.shape != labels.shape:
+        raise ShapeError(f"labels {labels.shape} and prob {prob.shape} must be the same 3-D shape")
+    core = tuple(int(c) for c in core_shape)
+    if any(c > n or c < 0 for c, n in zip(core, labels.shape, strict=True)):
+        raise ShapeError(f"core_shape {core} does not fit in the region {labels.shape}")
+    q = np.rint(np.clip(prob, 0.0, 1.0) * PROB_SCALE).astype(np.int64)
+    pa, pb, ps = [], [], []
+    for ax in range(3):
+        n_ax = min(core[ax], labels.shape[ax] - 1)
+        lo = [slice(0, c) for c in core]
+        lo[ax] = slice(0, n_ax)
+        hi = list(lo)
+        hi[ax] = slice(1, n_ax + 1)
+        la, lb = labels[tuple(lo)], labels[tuple(hi)]
+        m = (la != lb) & (la != 0) & (lb != 0)
+        if not m.any():
+            continue
+        x, y = la[m].astype(np.uint64), lb[m].astype(np.uint64)
+        pa.append(np.minimum(x, y))
+        pb.append(np.maximum(x, y))
+        ps.append(np.minimum(q[tuple(lo)][m], q[tuple(hi)][m]))
+    if not pa:
+        return {"a": np.zeros(0, np.uint64), "b": np.zeros(0, np.uint64), "n": np.zeros(0, np.int64),
+                "s": np.zeros(0, np.int64)}
+    a, b, sv = np.concatenate(pa), np.concatenate(pb), np.concatenate(ps)
+    pairs, inv = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    n = np.bincount(inv, minlength=len(pairs)).astype(np.int64)
+    tot = np.zeros(len(pairs), np.int64)
+    np.add.at(tot, inv, sv)
+    return {"a": pairs[:, 0], "b": pairs[:, 1], "n": n, "s": tot}
+
+
+def merge_groups(a: np.ndarray, b: np.ndarray, n: np.ndarray, s: np.ndarray,
+                 threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Objects to merge: those joined by faces whose mean probability is at least ``threshold``.
+
+    Parameters
+    ----------
+    a, b, n, s : numpy.ndarray, shape (P,)
+        Interface rows (:func:`interface_table`), possibly with repeated pairs (block partials):
+        they are summed first.
+    threshold : float
+        Merge when ``sum(s) / sum(n) >= threshold * PROB_SCALE``.
+
+    Returns
+    -------
+    ids, roots : numpy.ndarray of uint64, shape (K,)
+        Sorted IDs of every object in a merged group and the smallest ID of its group.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b = np.asarray(a, np.uint64), np.asarray(b, np.uint64)
+    if a.size == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    pairs, inv = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    nn = np.zeros(len(pairs), np.int64)
+    np.add.at(nn, inv, np.asarray(n, np.int64))
+    ss = np.zeros(len(pairs), np.int64)
+    np.add.at(ss, inv, np.asarray(s, np.int64))
+    join = ss >= threshold * PROB_SCALE * nn
+    if not join.any():
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    pj = pairs[join]
+    ids, local = np.unique(pj, return_inverse=True)
+    local = local.reshape(-1, 2)
+    g = coo_matrix((np.ones(len(local)), (local[:, 0], local[:, 1])), shape=(len(ids), len(ids)))
+    _, comp = connected_components(g, directed=False)
+    root = np.full(comp.max() + 1, np.iinfo(np.uint64).max, np.uint64)
+    np.minimum.at(root, comp, ids)  # ids are sorted: the smallest member of each group
+    return ids, root[comp]
 
 
 def select_objects(ids: np.ndarray, count: np.ndarray, zmin: np.ndarray, zmax: np.ndarray, *,

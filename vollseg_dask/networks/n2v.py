@@ -29,7 +29,6 @@ import numpy as np
 from pydantic import Field
 
 from vollseg_dask.errors import ConfigError, InvalidDataError, ShapeError
-from vollseg_dask.networks.data import augment_together
 from vollseg_dask.networks._unet import (
     KerasUNet,
     UNetFolderConfig,
@@ -37,6 +36,7 @@ from vollseg_dask.networks._unet import (
     normalize,
     volume_percentiles,
 )
+from vollseg_dask.networks.data import augment_together
 
 __all__ = [
     "N2VConfig",

@@ -66,6 +66,13 @@ class SegmentationConfig(StrictModel):
         "its mask alone come out too small; StarDist's probability is positive up to every object's "
         "boundary. Seed pooling still uses the U-Net's own components. None = the U-Net mask alone (the "
         "paper's VollSeg).")
+    merge_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="vollseg mode: touching objects whose shared face has a mean StarDist probability (the "
+        "lower of the two voxels of each face pair) of at least this are merged into one. StarDist seeds a "
+        "bent, non-star-convex cell once per lobe; the lobes meet inside the cell, where the probability "
+        "stays high, while two cells meet at a wall, where it is near 0. Merging happens before the size "
+        "filters; tiled output stays identical to untiled (face sums are exact integers). None = off.")
     marker_radius: int = Field(2, ge=0, description="Seeds are dilated by a ball of this radius (voxels).")
     watershed_connectivity: Literal[6, 26] = Field(6, description="Voxel adjacency of the watershed flood.")
     halo: tuple[int, int, int] = Field(

@@ -411,16 +411,18 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
             units = []
             for t in ts:
                 tabs = [read_table(lay.table("sizes", t, b.key)) for b in base]
-                kept, final = _select(tabs, cfg)
+                members, roots = _merged(lay, t, base, cfg)
+                kept, final = _select([_to_roots(tab, members, roots) for tab in tabs], cfg)
                 result.n_objects[t] = int(len(kept))
                 for o in out_plan:
                     if lay.is_done("relabel", t, o.key):
                         continue
                     parts = [tabs[i]["id"] for i in covers[o.key] if tabs[i]]
                     bid = np.unique(np.concatenate(parts)).astype(np.uint64) if parts else np.zeros(0, np.uint64)
-                    idx = np.searchsorted(kept, bid)
-                    idx_c = np.minimum(idx, max(len(kept) - 1, 0))
-                    found = (kept[idx_c] == bid) if len(kept) else np.zeros(len(bid), bool)
+                    # merged objects: every member ID takes its group's final label
+                    rid = _map_ids(bid, members, roots)
+                    idx_c = np.minimum(np.searchsorted(kept, rid), max(len(kept) - 1, 0))
+                    found = (kept[idx_c] == rid) if len(kept) else np.zeros(len(bid), bool)
                     units.append((T.relabel, (ctx, t, o, covers[o.key], bid[found], final[idx_c[found]])))
             runner.run(units, "S6b relabel")
         if cfg.pyramid:
@@ -462,6 +464,36 @@ def _nms_halo(lay: RunLayout, t: int, ctx: T.RunContext) -> int:
         if tab and len(tab["dist"]):
             longest = max(longest, float(np.max(tab["dist"])))
     return int(math.ceil(2 * longest)) + 1
+
+
+def _merged(lay: RunLayout, t: int, base: BlockPlan, cfg: SegmentationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted member IDs of merged groups and their roots (``merge_threshold``), else empty."""
+    from vollseg_dask.kernels.watershed import merge_groups
+
+    empty = np.zeros(0, np.uint64)
+    if cfg.merge_threshold is None or cfg.mode != "vollseg":
+        return empty, empty
+    parts = [read_table(lay.table("interfaces", t, b.key)) for b in base]
+    parts = [p for p in parts if p and len(p["a"])]
+    if not parts:
+        return empty, empty
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("a", "b", "n", "s")}
+    return merge_groups(cat["a"], cat["b"], cat["n"], cat["s"], cfg.merge_threshold)
+
+
+def _map_ids(ids: np.ndarray, members: np.ndarray, roots: np.ndarray) -> np.ndarray:
+    """``ids`` with every merged member replaced by its group's root."""
+    ids = np.asarray(ids, np.uint64)
+    if not len(members) or not len(ids):
+        return ids
+    i = np.minimum(np.searchsorted(members, ids), len(members) - 1)
+    return np.where(members[i] == ids, roots[i], ids)
+
+
+def _to_roots(tab: dict[str, np.ndarray], members: np.ndarray, roots: np.ndarray) -> dict[str, np.ndarray]:
+    if not tab or not len(members):
+        return tab
+    return {**tab, "id": _map_ids(tab["id"], members, roots)}
 
 
 def _select(tabs: list[dict[str, np.ndarray]], cfg: SegmentationConfig) -> tuple[np.ndarray, np.ndarray]:

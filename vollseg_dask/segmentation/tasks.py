@@ -545,7 +545,17 @@ def sizes(ctx: RunContext, t: int, block: Block, block_flat: int) -> dict[str, A
     done = lay.read_marker("sizes", t, block.key)
     if done is not None:
         return done
-    lab = _source(ctx, t, block.core, [block_flat])
+    cfg = ctx.config
+    if cfg.merge_threshold is not None and cfg.mode == "vollseg":
+        # faces towards the +1 neighbours of core voxels: one voxel beyond the core on the high sides
+        region = _grow_high(block, ctx.volume_shape)
+        grown = _source(ctx, t, region, [block_flat])
+        core_shape = tuple(c.stop - c.start for c in block.core)
+        faces = kw.interface_table(grown, ctx.read("prob", t, region), core_shape)
+        write_table(lay.table("interfaces", t, block.key), faces)
+        lab = grown[tuple(slice(0, c) for c in core_shape)]
+    else:
+        lab = _source(ctx, t, block.core, [block_flat])
     tab = kw.size_table(lab, z_offset=block.core[0].start)
     write_table(lay.table("sizes", t, block.key), tab)
     info = {"n_objects": int(len(tab["id"]))}
