@@ -8,7 +8,8 @@ Stages (DESIGN §1)::
     S4 seeds       per t           StarDist centres + centroids of components whose box holds none
     S5 watershed   per (t, block)  marker watershed over core+halo, certificate, escalation of uncertified blocks
        render      per (t, block)  (stardist mode) rendered polyhedra
-    S6 sizes       per (t, block)  exact size tables -> filters + ranks on the client -> relabel per block
+    S6 sizes       per (t, block)  exact size tables [+ face tables] -> merges, filters + ranks on the
+                                   client -> relabel per block
        pyramid                     nearest-neighbour label pyramid
 
 A unit that finds its done-marker returns at once, so a re-run resumes where the last one stopped;

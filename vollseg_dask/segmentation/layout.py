@@ -21,6 +21,7 @@ Everything lives under ``<store>/.vollseg/<labels name>/`` (a hidden folder besi
         seeds/t<T>.parquet                watershed seeds (S4)
         refine/t<T>.parquet               StarDist polyhedra added into the mask (S4, optional)
         sizes/t<T>/<block>.parquet        per-block size tables (S6)
+        interfaces/t<T>/<block>.parquet   per-block faces between objects (S6, with merge_threshold)
     ws_read/  read-region watershed results of blocks that are not provably exact (agreement check)
     done/<stage>/t<T>.<block>.json        done-markers with the unit's result (certificate, counts)
     state/ws_levels_t<T>.json             halo escalation plan, persisted before it is executed
