@@ -12,6 +12,7 @@ def test_demo_config_uses_the_bundled_models_and_stardist_foreground(tmp_path):
     cfg = demo_config(tmp_path / "s.zarr", tmp_path / "out")
     assert cfg.predictor.kind == "network" and cfg.predictor.models == "bundled"
     assert cfg.segment.mode == "vollseg" and cfg.segment.foreground_threshold == pytest.approx(0.1)
+    assert cfg.segment.merge_threshold == pytest.approx(0.33)
     assert cfg.track.allow_track_splitting and cfg.track.allow_gap_closing
 
 
