@@ -338,7 +338,7 @@ number is `vollseg_dask/models/training_record.json`.) Machine: {record['machine
                       "region; `_merge`: also `merge_threshold=0.33`, chosen on the validation seed, which "
                       "merges touching objects whose shared face keeps a high StarDist probability), all 4 "
                       "frames of the test seed. "
-                      "Measured with the engine as it stood at training time; see the run record.\n")
+                      "Measured with the engine as it stood at the last evaluation; see the run record.\n")
         best = max(r.get("f1", 0.0) for r in pipe.values())
         if best < 0.85:
             pipe_text += (f"\nThe project's target for the full pipeline (F1 >= 0.85 at IoU 0.5) is not met by these "
