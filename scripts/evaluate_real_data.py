@@ -239,6 +239,8 @@ def mode_configs(stain: str) -> dict[str, dict[str, Any]]:
         "vollseg": {"mode": "vollseg"},
         "stardist": {"mode": "stardist"},
         "unet": {"mode": "unet"},
+        # StarDist's foreground joins the U-Net mask as the flood region (the demo's setting)
+        "vollseg_fg": {"mode": "vollseg", "foreground_threshold": 0.1},
     }
     if stain == "membrane":
         # a membrane U-Net leaves the walls out of its mask; the demo's dilation (architecture notes)
