@@ -196,6 +196,17 @@ def test_cli_segment(small_store, tmp_path):
     assert isinstance(res.exception, ModelNotFoundError)
     res = runner.invoke(main, ["segment", store, "--out", "cli2"])
     assert isinstance(res.exception, ConfigError)
+    # the options the bundled models need override the config and are saved with the labels
+    res = runner.invoke(main, ["segment", store, "--out", "cli3", "--predictor", "ground-truth", "--block", "12,24,24",
+                               "--foreground-threshold", "0.2", "--merge-threshold", "0.5", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    import zarr
+
+    saved = zarr.open_group(f"{store}/labels/cli3", mode="r").attrs["vollseg_dask"]["segmentation_config"]
+    assert saved["foreground_threshold"] == 0.2 and saved["merge_threshold"] == 0.5
+    res = runner.invoke(main, ["segment", store, "--out", "cli4", "--predictor", "ground-truth",
+                               "--merge-threshold", "1.5"])
+    assert res.exit_code == 2 and "1.5" in res.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("mode: vollseg\nhalo_size: 3\n")
     res = runner.invoke(main, ["segment", store, "--out", "cli2", "--predictor", "ground-truth", "--config", str(bad)])

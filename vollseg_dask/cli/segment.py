@@ -66,6 +66,12 @@ def network_predictor(models: str):
 @click.option("--mode", type=click.Choice(["vollseg", "stardist", "unet"]), default=None,
               help="Segmentation mode (default: the config's, vollseg).")
 @click.option("--block", default=None, help="Block core shape Z,Y,X (overrides the config).")
+@click.option("--foreground-threshold", type=click.FloatRange(0, 1), default=None,
+              help="vollseg: StarDist probability above which voxels join the U-Net mask as the flood region "
+                   "(overrides the config; the bundled models use 0.1).")
+@click.option("--merge-threshold", type=click.FloatRange(0, 1), default=None,
+              help="vollseg: merge touching objects whose shared face has at least this mean StarDist "
+                   "probability (overrides the config; the bundled models use 0.33).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SegmentationConfig file (.yaml/.toml).")
 @click.option("--workers", type=int, default=None, help="Local Dask workers (default: sized to the machine).")
@@ -74,7 +80,8 @@ def network_predictor(models: str):
 @click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON.")
 def command(store: Path, out_name: str, models: str | None, predictor_kind: str | None, gt_labels: str,
             drop_fraction: float, merge_fraction: float, false_rate: float, noise: float, seed: int, n_rays: int,
-            mode: str | None, block: str | None, config_file: Path | None, workers: int | None,
+            mode: str | None, block: str | None, foreground_threshold: float | None, merge_threshold: float | None,
+            config_file: Path | None, workers: int | None,
             scheduler: str | None, overwrite: bool, as_json: bool) -> None:
     """Segment STORE block by block (VollSeg) into labels group --out."""
     from vollseg_dask.config import load_config
@@ -86,6 +93,10 @@ def command(store: Path, out_name: str, models: str | None, predictor_kind: str 
     updates: dict[str, object] = {}
     if mode is not None:
         updates["mode"] = mode
+    if foreground_threshold is not None:
+        updates["foreground_threshold"] = foreground_threshold
+    if merge_threshold is not None:
+        updates["merge_threshold"] = merge_threshold
     block_shape = _parse_triple(block, "--block")
     if block_shape is not None:
         updates["block_shape"] = block_shape
