@@ -417,6 +417,8 @@ download at run time). Load them with `vollseg_dask.networks.bundled_model_dir(k
 | `unet/` | semantic U-Net | {sizes['unet']:.2f} MB | mask Dice {ev['unet_target_dice']:.3f} |
 
 Seeds: training {list(TRAIN_SEEDS)}, validation {VAL_SEED}, test {TEST_SEED}; evaluate on any other seed.
+Segment with `foreground_threshold: 0.1` and `merge_threshold: 0.33` (vollseg mode; CLI
+`--foreground-threshold 0.1 --merge-threshold 0.33`): see the StarDist card's pipeline table.
 Each folder's `README.md` is its card; `training_record.json` holds the run's every number.
 Reproduce: `nice -n 5 .venv/bin/python scripts/train_bundled_models.py` ({secs['total_script'] / 60:.1f} min here).
 """, encoding="utf-8")
