@@ -288,13 +288,20 @@ def interface_table(labels: np.ndarray, prob: np.ndarray, core_shape: tuple[int,
     if not pa:
         return {"a": np.zeros(0, np.uint64), "b": np.zeros(0, np.uint64), "n": np.zeros(0, np.int64),
                 "s": np.zeros(0, np.int64)}
-    a, b, sv = np.concatenate(pa), np.concatenate(pb), np.concatenate(ps)
+    sv = np.concatenate(ps)
+    pairs, n, tot = _sum_by_pair(np.concatenate(pa), np.concatenate(pb), np.ones(sv.size, np.int64), sv)
+    return {"a": pairs[:, 0], "b": pairs[:, 1], "n": n, "s": tot}
+
+
+def _sum_by_pair(a: np.ndarray, b: np.ndarray, n: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Unique ``(a, b)`` rows (shape (P, 2), sorted) with ``n`` and ``s`` summed per row (int64)."""
     pairs, inv = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
     inv = inv.reshape(-1)
-    n = np.bincount(inv, minlength=len(pairs)).astype(np.int64)
-    tot = np.zeros(len(pairs), np.int64)
-    np.add.at(tot, inv, sv)
-    return {"a": pairs[:, 0], "b": pairs[:, 1], "n": n, "s": tot}
+    nn = np.zeros(len(pairs), np.int64)
+    np.add.at(nn, inv, np.asarray(n, np.int64))
+    ss = np.zeros(len(pairs), np.int64)
+    np.add.at(ss, inv, np.asarray(s, np.int64))
+    return pairs, nn, ss
 
 
 def merge_groups(a: np.ndarray, b: np.ndarray, n: np.ndarray, s: np.ndarray,
@@ -320,12 +327,7 @@ def merge_groups(a: np.ndarray, b: np.ndarray, n: np.ndarray, s: np.ndarray,
     a, b = np.asarray(a, np.uint64), np.asarray(b, np.uint64)
     if a.size == 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-    pairs, inv = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    nn = np.zeros(len(pairs), np.int64)
-    np.add.at(nn, inv, np.asarray(n, np.int64))
-    ss = np.zeros(len(pairs), np.int64)
-    np.add.at(ss, inv, np.asarray(s, np.int64))
+    pairs, nn, ss = _sum_by_pair(a, b, n, s)
     join = ss >= threshold * PROB_SCALE * nn
     if not join.any():
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)

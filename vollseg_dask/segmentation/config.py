@@ -85,6 +85,16 @@ class SegmentationConfig(StrictModel):
     min_z_extent: int = Field(1, ge=1, description="Objects spanning fewer z slices are removed.")
     pyramid: bool = Field(True, description="Fill the label pyramid levels (nearest) after level 0.")
 
+    @property
+    def floods_foreground(self) -> bool:
+        """StarDist's foreground joins the watershed's flood region (vollseg + ``foreground_threshold``)."""
+        return self.mode == "vollseg" and self.foreground_threshold is not None
+
+    @property
+    def merges_objects(self) -> bool:
+        """Touching objects may be merged after the watershed (vollseg + ``merge_threshold``)."""
+        return self.mode == "vollseg" and self.merge_threshold is not None
+
     @field_validator("mask_dilation", mode="before")
     @classmethod
     def _per_axis(cls, v):

@@ -173,10 +173,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
+_LATER_OPTIONS = ("mask_dilation", "foreground_threshold", "merge_threshold")
+
+
 def _fingerprint(cfg: SegmentationConfig, predictor: Any, image_shape: tuple[int, ...], axes: str) -> dict[str, Any]:
     conf = cfg.model_dump(mode="json")
-    if not any(cfg.mask_dilation):
-        conf.pop("mask_dilation")  # runs from before the option resume unchanged
+    # options added after the first release, left at their defaults: runs from before them resume
+    for name in _LATER_OPTIONS:
+        if getattr(cfg, name) == SegmentationConfig.model_fields[name].default:
+            conf.pop(name)
     return {"config": conf, "predictor": predictor.describe(),
             "image": {"shape": list(image_shape), "axes": axes}}
 
@@ -472,7 +477,7 @@ def _merged(lay: RunLayout, t: int, base: BlockPlan, cfg: SegmentationConfig) ->
     from vollseg_dask.kernels.watershed import merge_groups
 
     empty = np.zeros(0, np.uint64)
-    if cfg.merge_threshold is None or cfg.mode != "vollseg":
+    if not cfg.merges_objects:
         return empty, empty
     parts = [read_table(lay.table("interfaces", t, b.key)) for b in base]
     parts = [p for p in parts if p and len(p["a"])]
@@ -570,7 +575,7 @@ def _reach(lay: RunLayout, t: int, base: BlockPlan, cfg: SegmentationConfig) -> 
             ext = max(int((star[f"b{a}1"][sel] - star[f"b{a}0"][sel]).max()) + 1 for a in "zyx")
             reach_lo = reach_lo - ext
             reach_hi = reach_hi + ext
-    if cfg.foreground_threshold is not None and cfg.mode == "vollseg":
+    if cfg.floods_foreground:
         # StarDist's foreground joins the flood region: its components (usually the whole tissue) are
         # not in the S3 table, so every block reads its core plus the cap and is certified by agreement
         far = np.iinfo(np.int64).max // 4

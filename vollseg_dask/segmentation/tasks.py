@@ -455,7 +455,7 @@ def watershed(ctx: RunContext, t: int, block: Block, level: int) -> dict[str, An
         dilated = ndimage.binary_dilation(mask, structure=kw.dilation_footprint(cfg.mask_dilation))[inner]
         mask = mask[inner]
     prob = None
-    if cfg.foreground_threshold is not None and cfg.mode == "vollseg":
+    if cfg.floods_foreground:
         # StarDist's foreground joins the flood region (and the dilated one): same read region, so
         # certification below covers it like any other part of the mask
         prob = ctx.read("prob", t, read)
@@ -546,7 +546,7 @@ def sizes(ctx: RunContext, t: int, block: Block, block_flat: int) -> dict[str, A
     if done is not None:
         return done
     cfg = ctx.config
-    if cfg.merge_threshold is not None and cfg.mode == "vollseg":
+    if cfg.merges_objects:
         # faces towards the +1 neighbours of core voxels: one voxel beyond the core on the high sides
         region = _grow_high(block, ctx.volume_shape)
         grown = _source(ctx, t, region, [block_flat])
