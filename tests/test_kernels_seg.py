@@ -396,3 +396,30 @@ def test_core_components_keeps_only_components_reaching_the_core():
     assert not exact and n == 3 * 3 * 4
     keep, exact, n = kw.core_components(mask, core, ((True, True), (True, True), (True, False)))
     assert exact and n == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16, np.int32, np.uint8])
+def test_watershed_keys_fast_path_orders_like_dense_ranks(rng, dtype):
+    """The sort-free 32-bit keys order voxels exactly like the dense-rank keys (ties, -0.0, signs)."""
+    shape = (6, 9, 11)
+    if np.dtype(dtype).kind == "f":
+        img = rng.choice(np.array([-2.5, -1.0, -0.0, 0.0, 0.25, 1.0, 3.0e5, -7e-39], dtype), size=shape)
+        img = img + rng.normal(0, 1, shape).astype(dtype) * (rng.random(shape) < 0.3)
+    else:
+        info = np.iinfo(dtype)
+        img = rng.integers(max(info.min, -40), min(info.max, 40), size=shape).astype(dtype)
+    mk = (rng.random(shape) < 0.1) * rng.integers(1, 5, shape)
+    mask = rng.random(shape) < 0.8
+    keys = kw.watershed_keys(img, mk, mask)
+    # reference: dense ranks of the values (the encoding used before the fast path)
+    flat = img[mask].astype(np.float64) + 0.0
+    dense = np.unique(flat, return_inverse=True)[1].reshape(-1)
+    is_m = mk[mask] != 0
+    k = int(is_m.sum())
+    sub = np.full(flat.size, k)
+    sub[is_m] = np.arange(k)
+    ref = dense * (k + 1) + sub
+    ours = keys[mask]
+    np.testing.assert_array_equal(np.argsort(ours, kind="stable"), np.argsort(ref, kind="stable"))
+    assert len(np.unique(ours)) == len(np.unique(ref))
+    assert (keys[~mask] == 0).all()

