@@ -249,3 +249,27 @@ def test_certificates_and_halo_escalation_are_truthful(small_store):
                     show_progress=False)
     bad = [c for c in worse.certificates.values() if c["status"] == "disagree"]
     assert bad and all(c["n_disagree"] > 0 and c["level"] == 2 for c in bad) and not worse.all_certified
+
+
+def test_halo_escalation_stays_within_the_worker_memory_limit(small_store, monkeypatch, caplog):
+    """A block whose doubled read region would not fit the worker memory budget is not escalated:
+    its certificate stays 'disagree' and a warning names the settings to change."""
+    import logging
+
+    from vollseg_dask.segmentation import tasks as T
+
+    assert T.ws_max_read_voxels(2**30) > T.ws_max_read_voxels(2**29) > 0 == T.ws_max_read_voxels(2**20)
+    store, _ = small_store
+    pred = _pred(store, merge_fraction=0.05)
+    cfg = SegmentationConfig(block_shape=(12, 24, 24), halo=(2, 4, 4), max_escalations=2)
+    free = segment(store, "escf", pred, cfg, client=THREADS, show_progress=False)
+    # level-0 read regions are at most 16 x 32 x 32 voxels, level 1 needs 20 x 40 x 40
+    monkeypatch.setattr(T, "ws_max_read_voxels", lambda limit: 16 * 32 * 32)
+    with caplog.at_level(logging.WARNING, logger="vollseg_dask.segmentation.driver"):
+        res = segment(store, "escm", pred, cfg, client=THREADS, show_progress=False)
+    # interior blocks (whose level-1 region is 20 x 40 x 40) stayed at level 0; clipped edge blocks
+    # whose level-1 region still fits may escalate
+    assert sum(c["level"] for c in res.certificates.values()) < sum(c["level"] for c in free.certificates.values())
+    assert max(c["level"] for c in res.certificates.values()) <= 1
+    assert any(c["status"] == "disagree" for c in res.certificates.values())
+    assert "memory limit" in caplog.text and "memory_limit" in caplog.text

@@ -46,6 +46,7 @@ __all__ = [
     "SlurmConfig",
     "ClusterConfig",
     "default_n_workers",
+    "worker_memory_limit",
     "get_client",
     "slurm_job_script",
     "make_slurm_cluster",
@@ -132,6 +133,39 @@ def default_n_workers() -> int:
 
     mem_gib = psutil.virtual_memory().total / 2**30
     return max(1, min(cpus, int(mem_gib // 4)))
+
+
+def _machine_share() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total // max(1, default_n_workers()))
+
+
+def worker_memory_limit(client: Any = None) -> int:
+    """The memory budget of one worker, bytes: what every task sizes its work from.
+
+    Inside a Dask worker: that worker's ``memory_limit`` (Dask pauses, spills and restarts a worker
+    above it). With a ``client``: the smallest limit among its workers. Otherwise (threads, or
+    workers without a limit): the machine's memory split evenly over :func:`default_n_workers`.
+    """
+    if client is not None:
+        try:
+            limits = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
+            vals = [int(v) for v in limits.values() if v]
+            if vals:
+                return min(vals)
+        except Exception as exc:  # an old or remote worker without a memory manager: the machine share
+            logging.getLogger(__name__).debug("worker memory limits unavailable: %s", exc)
+        return _machine_share()
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+        if limit:
+            return int(limit)
+    except (ImportError, ValueError, AttributeError):
+        pass
+    return _machine_share()
 
 
 class ClusterConfig(StrictModel):

@@ -624,6 +624,16 @@ def _watershed_rounds(runner: _Runner, ctx: T.RunContext, lay: RunLayout, cfg: S
         cap = tuple(h * 2**level for h in cfg.halo)
         return _ws_block(base.blocks[flat[key]], *reach[t], cap, vol, min_ext)
 
+    from vollseg_dask.runtime import worker_memory_limit
+
+    # halo escalation stays within the workers' memory: a block whose doubled read region would not
+    # fit keeps its certificate ("disagree") and the warning below names the settings to change
+    limit = worker_memory_limit(runner.client)
+    max_read = T.ws_max_read_voxels(limit)
+
+    def fits(t: int, key: str, level: int) -> bool:
+        return math.prod(s.stop - s.start for s in block(t, key, level).read) <= max_read
+
     state_path = lay.state("ws_levels.json")
     levels: dict[str, int] = {f"{t}.{b.key}": 0 for t in ts for b in base}
     if state_path.is_file():
@@ -647,6 +657,12 @@ def _watershed_rounds(runner: _Runner, ctx: T.RunContext, lay: RunLayout, cfg: S
         counts = runner.run(checks, "S5 agreement")
         disagree = dict(zip(check_keys, counts, strict=True))
         escalate = [k for k, n in disagree.items() if n > 0 and levels[k] < cfg.max_escalations]
+        over = [k for k in escalate if not fits(int(k.split(".", 1)[0]), k.split(".", 1)[1], levels[k] + 1)]
+        for k in over:
+            LOG.warning("block %s: its watershed halo cannot double within the worker memory limit (%.2f GiB, "
+                        "%d voxels per read region at most); raise the cluster's memory_limit or lower "
+                        "block_shape/halo", k, limit / 2**30, max_read)
+        escalate = [k for k in escalate if k not in over]
         if not escalate:
             break
         for k in escalate:

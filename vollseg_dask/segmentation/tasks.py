@@ -421,6 +421,20 @@ def _seeds_in(ctx: RunContext, t: int, region) -> tuple[np.ndarray, np.ndarray]:
     return pts[sel], tab["id"][sel].astype(np.uint64)
 
 
+#: Peak memory of one watershed unit per voxel of its read region, bytes, and its fixed part:
+#: measured (RSS high-water mark of the unit's steps, bundled-network maps of a 64 x 512 x 512 frame
+#: with foreground flooding) 1155 MiB for a 64 x 512 x 512 read region and 477 MiB for
+#: 64 x 256 x 256, i.e. ~54 B per extra voxel (flood values, markers, keys, skimage's queue and
+#: output) on top of ~250 MiB. The driver keeps read regions within the workers' memory budget.
+WS_BYTES_PER_VOXEL = 64
+WS_FIXED_BYTES = 256 * 2**20
+
+
+def ws_max_read_voxels(memory_limit: int) -> int:
+    """Largest watershed read region (voxels) that fits a worker's memory limit (75 % of it)."""
+    return max(0, int((0.75 * memory_limit - WS_FIXED_BYTES) // WS_BYTES_PER_VOXEL))
+
+
 def ws_rounds(cfg: SegmentationConfig) -> int:
     """Reach (voxels) of the growth into the dilated mask after the watershed; 0 without a dilation."""
     if not any(cfg.mask_dilation):
