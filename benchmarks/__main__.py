@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 BENCHMARKS = ("bench_convert", "bench_synthetic", "bench_segment", "bench_inference", "bench_measure",
-              "bench_tracking")
+              "bench_tracking", "bench_scale")
 
 #: Arguments of the combined run: each benchmark's own defaults, except the laptrack comparison,
 #: whose ladder stops at 4,000 cells × 25 frames (about 100,000 spots) with 60 s per laptrack run.
@@ -34,6 +34,7 @@ FULL_ARGS: dict[str, list[str]] = {
     "bench_inference": [],
     "bench_measure": [],
     "bench_tracking": ["--laptrack-cells", "250,1000,4000", "--laptrack-limit", "60"],
+    "bench_scale": [],
 }
 
 #: ``--quick``: smaller inputs (a few minutes in all on 2 cores); same figures, noisier.
@@ -44,6 +45,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_inference": ["--volume", "16,96,96", "--blocks", "16,48,48", "--interior-blocks"],
     "bench_measure": ["--z", "32", "--yx", "128"],
     "bench_tracking": ["--cells", "300", "--frames", "10", "--laptrack-cells", "250", "--laptrack-limit", "30"],
+    "bench_scale": ["--quick"],
 }
 
 

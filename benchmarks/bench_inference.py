@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 want = core if kind != "n2v" else tuple(slice(c.start - p, c.stop + p)
                                                         for c, p in zip(core, post, strict=True))
                 tiles = plan_network_tiles(want, div=net.div, halo=h[kind], volume_shape=big,
-                                           max_tile_voxels=pred.max_tile_voxels)
+                                           max_tile_voxels=pred._tiling()["max_tile_voxels"])
                 interior[kind] = round(sum(int(np.prod(t.shape)) for t in tiles) / core_vox, 3)
             row["interior_input_per_core_voxel"] = interior
             if not run:

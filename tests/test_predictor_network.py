@@ -287,3 +287,21 @@ def test_singleton_z_and_ragged_volume(predictor, image):
     assert len(plan) == 9
     np.testing.assert_allclose(prob, ref.prob, atol=ATOL, rtol=0)
     np.testing.assert_allclose(fg, ref.foreground, atol=ATOL, rtol=0)
+
+
+def test_tile_budget_follows_the_worker_memory_limit():
+    """Network tiles and batches shrink with the worker's memory limit (batch first), within bounds."""
+    from vollseg_dask.predictors.network import (
+        DEFAULT_MAX_TILE_VOXELS,
+        NETWORK_BYTES_PER_VOXEL,
+        NETWORK_FIXED_BYTES,
+        tile_budget,
+    )
+
+    big = tile_budget(64 * 2**30, 4)
+    assert big == (DEFAULT_MAX_TILE_VOXELS, 4)
+    mid_limit = int((NETWORK_FIXED_BYTES + 2 * DEFAULT_MAX_TILE_VOXELS * NETWORK_BYTES_PER_VOXEL) / 0.75) + 1
+    assert tile_budget(mid_limit, 4) == (DEFAULT_MAX_TILE_VOXELS, 2)
+    tile, batch = tile_budget(int(1.5 * 2**30), 4)
+    assert batch == 1 and tile * NETWORK_BYTES_PER_VOXEL + NETWORK_FIXED_BYTES <= 0.75 * 1.5 * 2**30
+    assert tile_budget(2**20, 4) == (1 << 18, 1)

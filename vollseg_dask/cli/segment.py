@@ -75,13 +75,16 @@ def network_predictor(models: str):
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SegmentationConfig file (.yaml/.toml).")
 @click.option("--workers", type=int, default=None, help="Local Dask workers (default: sized to the machine).")
+@click.option("--memory-limit", default=None,
+              help="Memory per local worker, e.g. 1.5GiB (default: the machine's memory split evenly). Dask "
+                   "enforces it; network tiles and watershed read regions are sized to fit it.")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
 @click.option("--overwrite", is_flag=True, help="Replace existing labels / a previous run with other settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON.")
 def command(store: Path, out_name: str, models: str | None, predictor_kind: str | None, gt_labels: str,
             drop_fraction: float, merge_fraction: float, false_rate: float, noise: float, seed: int, n_rays: int,
             mode: str | None, block: str | None, foreground_threshold: float | None, merge_threshold: float | None,
-            config_file: Path | None, workers: int | None,
+            config_file: Path | None, workers: int | None, memory_limit: str | None,
             scheduler: str | None, overwrite: bool, as_json: bool) -> None:
     """Segment STORE block by block (VollSeg) into labels group --out."""
     from vollseg_dask.config import load_config
@@ -115,7 +118,8 @@ def command(store: Path, out_name: str, models: str | None, predictor_kind: str 
     if scheduler is not None:
         client = scheduler
     else:
-        client = {"kind": "local", "n_workers": workers} if workers is not None else None
+        local = {k: v for k, v in (("n_workers", workers), ("memory_limit", memory_limit)) if v is not None}
+        client = {"kind": "local", **local} if local else None
     result = segment(str(store), out_name, predictor, cfg, client=client, overwrite=overwrite)
     summary = {
         "labels": f"{store}/labels/{out_name}",

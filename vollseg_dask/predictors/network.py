@@ -87,6 +87,7 @@ __all__ = [
     "run_network_tiles",
     "load_network",
     "DEFAULT_MAX_TILE_VOXELS",
+    "tile_budget",
     "write_random_model_folders",
     "predictor_from_models",
 ]
@@ -98,6 +99,25 @@ LOG = logging.getLogger(__name__)
 #: ``benchmarks/bench_inference.py`` counted 14.2 StarDist input voxels per core voxel at 2**22,
 #: 3.9 at 2**24)
 DEFAULT_MAX_TILE_VOXELS = 1 << 24
+
+#: Peak memory of network inference per input voxel in flight (tile voxels x batch), bytes, and the
+#: worker's fixed part (TensorFlow, the three models, the block's arrays): measured with the bundled
+#: N2V + StarDist + U-Net on a 64 x 512 x 512 frame, one worker, peak RSS 3.7 GB with one 2**24-voxel
+#: tile per block and 5.3 GB with batches of four 2**22-voxel tiles (~280 B per voxel in flight).
+NETWORK_BYTES_PER_VOXEL = 280
+NETWORK_FIXED_BYTES = 768 * 2**20
+
+
+def tile_budget(memory_limit: int, batch_size: int) -> tuple[int, int]:
+    """(largest tile, batch size) whose inference fits 75 % of a worker's ``memory_limit``.
+
+    Never above :data:`DEFAULT_MAX_TILE_VOXELS`; the batch shrinks before the tile does (a smaller
+    tile repeats the receptive-field halo, which costs compute). At least 2**18 voxels, whatever
+    the limit: below that the halo dominates every tile.
+    """
+    in_flight = max(0, int((0.75 * memory_limit - NETWORK_FIXED_BYTES) // NETWORK_BYTES_PER_VOXEL))
+    batch = max(1, min(int(batch_size), in_flight // DEFAULT_MAX_TILE_VOXELS))
+    return max(1 << 18, min(DEFAULT_MAX_TILE_VOXELS, in_flight // batch)), batch
 
 Slices = tuple[slice, slice, slice]
 Forward = Callable[[np.ndarray], list[np.ndarray]]
@@ -479,9 +499,10 @@ class NetworkPredictor(Predictor):
         Image channel (when the image has a ``c`` axis); must match the segmentation's channel.
     batch_size : int
         Network tiles per forward pass.
-    max_tile_voxels : int
+    max_tile_voxels : int, optional
         Largest network input; a block whose tile would be larger is split into several tiles
-        (equal shapes inside, batched).
+        (equal shapes inside, batched). None: sized from the worker's memory limit
+        (:func:`tile_budget`, at most :data:`DEFAULT_MAX_TILE_VOXELS`), batches shrinking first.
     prob_threshold, nms_threshold : float, optional
         Override the StarDist model's ``thresholds.json``.
     return_distance : bool
@@ -504,7 +525,7 @@ class NetworkPredictor(Predictor):
                  n2v_dir: str | os.PathLike[str] | None = None, *,
                  normalization: tuple[float, float] | None = None,
                  percentiles_table: Any = None, channel: int = 0, batch_size: int = 4,
-                 max_tile_voxels: int = DEFAULT_MAX_TILE_VOXELS, prob_threshold: float | None = None,
+                 max_tile_voxels: int | None = None, prob_threshold: float | None = None,
                  nms_threshold: float | None = None, return_distance: bool = True,
                  halo: int | Sequence[int] | None = None) -> None:
         from vollseg_dask.networks.folders import inspect_model_folder
@@ -516,7 +537,7 @@ class NetworkPredictor(Predictor):
             normalization = (lo, hi)
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        if int(max_tile_voxels) < 1:
+        if max_tile_voxels is not None and int(max_tile_voxels) < 1:
             raise ConfigError(f"max_tile_voxels must be >= 1, got {max_tile_voxels}")
         for name, v in (("prob_threshold", prob_threshold), ("nms_threshold", nms_threshold)):
             if v is not None and not 0 < float(v) < 1:
@@ -545,7 +566,7 @@ class NetworkPredictor(Predictor):
         self._rays_obj = None
         self.channel = int(channel)
         self.batch_size = int(batch_size)
-        self.max_tile_voxels = int(max_tile_voxels)
+        self.max_tile_voxels = None if max_tile_voxels is None else int(max_tile_voxels)
         self.return_distance = bool(return_distance)
         self._halo_override = None if halo is None else _t3(halo, "halo")
         self._rf: dict[str, ReceptiveField] = {}
@@ -767,7 +788,7 @@ class NetworkPredictor(Predictor):
         fwd = _Counted(net.forward)
         for _tile, dst, outs in run_network_tiles(fwd, x, read, want, div=net.div, grid=net.grid,
                                                   halo=self._rf["n2v"].halo, volume_shape=vol,
-                                                  max_tile_voxels=self.max_tile_voxels, batch_size=self.batch_size):
+                                                  **self._tiling()):
             out[dst] = outs[0][..., 0]
             n += 1
         info["tiles"]["n2v"] = n
@@ -860,7 +881,7 @@ class NetworkPredictor(Predictor):
         fwd = _Counted(sd.forward)
         for tile, dst, (p, d) in run_network_tiles(fwd, x, src_region, core, div=sd.div, grid=g,
                                                    halo=h["stardist"], volume_shape=vol,
-                                                   max_tile_voxels=self.max_tile_voxels, batch_size=self.batch_size):
+                                                   **self._tiling()):
             n += 1
             p = p[..., 0]
             prob_cells[dst] = p
@@ -909,7 +930,7 @@ class NetworkPredictor(Predictor):
         fwd = _Counted(un.forward)
         for _tile, dst, outs in run_network_tiles(fwd, x, src_region, core, div=un.div, grid=un.grid,
                                                   halo=h["unet"], volume_shape=vol,
-                                                  max_tile_voxels=self.max_tile_voxels, batch_size=self.batch_size):
+                                                  **self._tiling()):
             fg[dst] = outs[0][..., 0]
             n += 1
         info["tiles"]["unet"] = n
@@ -921,6 +942,15 @@ class NetworkPredictor(Predictor):
                                distance=distance, info=info)
 
     # ------------------------------------------------------------------ identity / pickling
+    def _tiling(self) -> dict[str, int]:
+        """Tile size and batch for this worker: as given, or from its memory limit."""
+        if self.max_tile_voxels is not None:
+            return {"max_tile_voxels": self.max_tile_voxels, "batch_size": self.batch_size}
+        from vollseg_dask.runtime import worker_memory_limit
+
+        tile, batch = tile_budget(worker_memory_limit(), self.batch_size)
+        return {"max_tile_voxels": tile, "batch_size": batch}
+
     def describe(self) -> dict[str, Any]:
         """Identity for the run manifest and resume checks (model digests, halo, normalisation)."""
         d: dict[str, Any] = {"class": type(self).__name__, "n_rays": self.n_rays,
