@@ -289,19 +289,22 @@ def test_singleton_z_and_ragged_volume(predictor, image):
     np.testing.assert_allclose(fg, ref.foreground, atol=ATOL, rtol=0)
 
 
-def test_tile_budget_follows_the_worker_memory_limit():
-    """Network tiles and batches shrink with the worker's memory limit (batch first), within bounds."""
+def test_tile_budget_follows_the_worker_memory_headroom():
+    """Network tiles and batches shrink with the headroom under the worker's limit (batch first)."""
     from vollseg_dask.predictors.network import (
         DEFAULT_MAX_TILE_VOXELS,
         NETWORK_BYTES_PER_VOXEL,
-        NETWORK_FIXED_BYTES,
+        NETWORK_RESERVE_BYTES,
         tile_budget,
     )
+    from vollseg_dask.runtime import MEMORY_TARGET_FRACTION, memory_headroom
 
-    big = tile_budget(64 * 2**30, 4)
-    assert big == (DEFAULT_MAX_TILE_VOXELS, 4)
-    mid_limit = int((NETWORK_FIXED_BYTES + 2 * DEFAULT_MAX_TILE_VOXELS * NETWORK_BYTES_PER_VOXEL) / 0.75) + 1
-    assert tile_budget(mid_limit, 4) == (DEFAULT_MAX_TILE_VOXELS, 2)
-    tile, batch = tile_budget(int(1.5 * 2**30), 4)
-    assert batch == 1 and tile * NETWORK_BYTES_PER_VOXEL + NETWORK_FIXED_BYTES <= 0.75 * 1.5 * 2**30
-    assert tile_budget(2**20, 4) == (1 << 18, 1)
+    assert tile_budget(64 * 2**30, 4) == (DEFAULT_MAX_TILE_VOXELS, 4)
+    two = NETWORK_RESERVE_BYTES + 2 * DEFAULT_MAX_TILE_VOXELS * NETWORK_BYTES_PER_VOXEL
+    assert tile_budget(two, 4) == (DEFAULT_MAX_TILE_VOXELS, 2)
+    tile, batch = tile_budget(2**29, 4)
+    assert batch == 1 and tile * NETWORK_BYTES_PER_VOXEL + NETWORK_RESERVE_BYTES <= 2**29
+    assert tile_budget(0, 4) == (1 << 18, 1)
+    # headroom: the target fraction of the limit minus what the process holds
+    assert memory_headroom(10 * 2**30, 2**30) == int(MEMORY_TARGET_FRACTION * 10 * 2**30) - 2**30
+    assert memory_headroom(2**30, 2**30) == 0

@@ -47,6 +47,8 @@ __all__ = [
     "ClusterConfig",
     "default_n_workers",
     "worker_memory_limit",
+    "memory_headroom",
+    "MEMORY_TARGET_FRACTION",
     "get_client",
     "slurm_job_script",
     "make_slurm_cluster",
@@ -166,6 +168,24 @@ def worker_memory_limit(client: Any = None) -> int:
     except (ImportError, ValueError, AttributeError):
         pass
     return _machine_share()
+
+
+#: Fraction of a worker's memory limit that its process may reach: below Dask's own thresholds
+#: (spill at 70 %, pause at 80 %, restart at 95 %). A run whose workers approached the pause
+#: threshold was seen to stall (a paused worker takes no task, and TensorFlow keeps its memory).
+MEMORY_TARGET_FRACTION = 0.6
+
+
+def memory_headroom(limit: int | None = None, rss: int | None = None) -> int:
+    """Bytes a task may still allocate: ``MEMORY_TARGET_FRACTION`` of the worker's limit minus what
+    the process holds now (models, caches, the allocator's retained pages), never below 0."""
+    if limit is None:
+        limit = worker_memory_limit()
+    if rss is None:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+    return max(0, int(MEMORY_TARGET_FRACTION * limit) - int(rss))
 
 
 class ClusterConfig(StrictModel):

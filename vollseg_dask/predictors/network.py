@@ -100,22 +100,24 @@ LOG = logging.getLogger(__name__)
 #: 3.9 at 2**24)
 DEFAULT_MAX_TILE_VOXELS = 1 << 24
 
-#: Peak memory of network inference per input voxel in flight (tile voxels x batch), bytes, and the
-#: worker's fixed part (TensorFlow, the three models, the block's arrays): measured with the bundled
-#: N2V + StarDist + U-Net on a 64 x 512 x 512 frame, one worker, peak RSS 3.7 GB with one 2**24-voxel
-#: tile per block and 5.3 GB with batches of four 2**22-voxel tiles (~280 B per voxel in flight).
+#: Peak memory of network inference per input voxel in flight (tile voxels x batch), bytes: measured
+#: with the bundled N2V + StarDist + U-Net on a 64 x 512 x 512 frame, one worker, peak RSS 3.7 GB with
+#: one 2**24-voxel tile per block and 5.3 GB with batches of four 2**22-voxel tiles, against ~0.7 GB
+#: with the models loaded and no tile (~280 B per voxel in flight).
 NETWORK_BYTES_PER_VOXEL = 280
-NETWORK_FIXED_BYTES = 768 * 2**20
+#: kept free for models not loaded yet when the tiles are sized (N2V, StarDist and U-Net load lazily)
+NETWORK_RESERVE_BYTES = 256 * 2**20
 
 
-def tile_budget(memory_limit: int, batch_size: int) -> tuple[int, int]:
-    """(largest tile, batch size) whose inference fits 75 % of a worker's ``memory_limit``.
+def tile_budget(headroom: int, batch_size: int) -> tuple[int, int]:
+    """(largest tile, batch size) whose inference fits ``headroom`` bytes (see
+    :func:`vollseg_dask.runtime.memory_headroom`).
 
     Never above :data:`DEFAULT_MAX_TILE_VOXELS`; the batch shrinks before the tile does (a smaller
     tile repeats the receptive-field halo, which costs compute). At least 2**18 voxels, whatever
-    the limit: below that the halo dominates every tile.
+    the headroom: below that the halo dominates every tile.
     """
-    in_flight = max(0, int((0.75 * memory_limit - NETWORK_FIXED_BYTES) // NETWORK_BYTES_PER_VOXEL))
+    in_flight = max(0, int((headroom - NETWORK_RESERVE_BYTES) // NETWORK_BYTES_PER_VOXEL))
     batch = max(1, min(int(batch_size), in_flight // DEFAULT_MAX_TILE_VOXELS))
     return max(1 << 18, min(DEFAULT_MAX_TILE_VOXELS, in_flight // batch)), batch
 
@@ -501,8 +503,8 @@ class NetworkPredictor(Predictor):
         Network tiles per forward pass.
     max_tile_voxels : int, optional
         Largest network input; a block whose tile would be larger is split into several tiles
-        (equal shapes inside, batched). None: sized from the worker's memory limit
-        (:func:`tile_budget`, at most :data:`DEFAULT_MAX_TILE_VOXELS`), batches shrinking first.
+        (equal shapes inside, batched). None: sized from the worker's memory headroom under its
+        limit (:func:`tile_budget`, at most :data:`DEFAULT_MAX_TILE_VOXELS`), batches shrinking first.
     prob_threshold, nms_threshold : float, optional
         Override the StarDist model's ``thresholds.json``.
     return_distance : bool
@@ -946,9 +948,9 @@ class NetworkPredictor(Predictor):
         """Tile size and batch for this worker: as given, or from its memory limit."""
         if self.max_tile_voxels is not None:
             return {"max_tile_voxels": self.max_tile_voxels, "batch_size": self.batch_size}
-        from vollseg_dask.runtime import worker_memory_limit
+        from vollseg_dask.runtime import memory_headroom
 
-        tile, batch = tile_budget(worker_memory_limit(), self.batch_size)
+        tile, batch = tile_budget(memory_headroom(), self.batch_size)
         return {"max_tile_voxels": tile, "batch_size": batch}
 
     def describe(self) -> dict[str, Any]:

@@ -118,6 +118,22 @@ class _Runner:
             self._scattered[key] = self.client.submit(_shared, obj, pure=False)
         return self._scattered[key]
 
+    def memory(self) -> tuple[int, int]:
+        """(smallest worker memory limit, smallest headroom a task has under it), bytes."""
+        from vollseg_dask.runtime import memory_headroom, worker_memory_limit
+
+        limit = worker_memory_limit(self.client)
+        if self.client is None:
+            return limit, memory_headroom(limit)
+
+        def rss() -> int:
+            import psutil
+
+            return int(psutil.Process().memory_info().rss)
+
+        held = max(self.client.run(rss).values(), default=0)
+        return limit, memory_headroom(limit, held)
+
     def run(self, units: Sequence[tuple[Callable[..., Any], tuple]], desc: str) -> list[Any]:
         from vollseg_dask.runtime import progress
 
@@ -624,12 +640,10 @@ def _watershed_rounds(runner: _Runner, ctx: T.RunContext, lay: RunLayout, cfg: S
         cap = tuple(h * 2**level for h in cfg.halo)
         return _ws_block(base.blocks[flat[key]], *reach[t], cap, vol, min_ext)
 
-    from vollseg_dask.runtime import worker_memory_limit
-
     # halo escalation stays within the workers' memory: a block whose doubled read region would not
     # fit keeps its certificate ("disagree") and the warning below names the settings to change
-    limit = worker_memory_limit(runner.client)
-    max_read = T.ws_max_read_voxels(limit)
+    limit, headroom = runner.memory()
+    max_read = T.ws_max_read_voxels(headroom)
 
     def fits(t: int, key: str, level: int) -> bool:
         return math.prod(s.stop - s.start for s in block(t, key, level).read) <= max_read

@@ -8,6 +8,7 @@ returns a small dict. Units never hold a dense array larger than their read regi
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,10 +187,12 @@ def nms_global(ctx: RunContext, t: int) -> dict[str, Any]:
     if done is not None:
         return done
     pts, prob, dist = _canonical(*_read_candidates(ctx, t), ctx.volume_shape)
+    start = time.perf_counter()
     keep = ks.nms_sparse(pts, prob, dist, ctx.rays, shape=ctx.volume_shape, nms_thresh=ctx.nms_threshold)
+    nms_s = time.perf_counter() - start  # StarDist's own NMS: the profile's largest S2-S6 cost
     cols, d = _kept_table(ctx, t, pts[keep], prob[keep], dist[keep])
     write_table(lay.table("stardist", t), cols, list_columns={"dist": d})
-    info = {"scope": "global", "n_candidates": int(len(pts)), "n_kept": int(keep.sum())}
+    info = {"scope": "global", "n_candidates": int(len(pts)), "n_kept": int(keep.sum()), "nms_s": round(nms_s, 3)}
     lay.mark_done("nms", t, None, info)
     return info
 
@@ -206,14 +209,16 @@ def nms_block(ctx: RunContext, t: int, block: Block, neighbour_keys: list[str], 
     hi = np.array([s.stop for s in region])
     near = ((pts >= lo) & (pts < hi)).all(axis=1) if len(pts) else np.zeros(0, bool)
     pts, prob, dist = pts[near], prob[near], dist[near]
+    start = time.perf_counter()
     keep = ks.nms_sparse(pts, prob, dist, ctx.rays, shape=ctx.volume_shape, nms_thresh=ctx.nms_threshold)
+    nms_s = time.perf_counter() - start
     clo = np.array([s.start for s in block.core])
     chi = np.array([s.stop for s in block.core])
     own = ((pts >= clo) & (pts < chi)).all(axis=1) if len(pts) else np.zeros(0, bool)
     sel = keep & own
     cols, d = _kept_table(ctx, t, pts[sel], prob[sel], dist[sel])
     write_table(lay.table("stardist_blocks", t, block.key), cols, list_columns={"dist": d})
-    info = {"n_candidates": int(own.sum()), "n_kept": int(sel.sum())}
+    info = {"n_candidates": int(own.sum()), "n_kept": int(sel.sum()), "nms_s": round(nms_s, 3)}
     lay.mark_done("nms_block", t, block.key, info)
     return info
 
@@ -421,18 +426,18 @@ def _seeds_in(ctx: RunContext, t: int, region) -> tuple[np.ndarray, np.ndarray]:
     return pts[sel], tab["id"][sel].astype(np.uint64)
 
 
-#: Peak memory of one watershed unit per voxel of its read region, bytes, and its fixed part:
-#: measured (RSS high-water mark of the unit's steps, bundled-network maps of a 64 x 512 x 512 frame
-#: with foreground flooding) 1155 MiB for a 64 x 512 x 512 read region and 477 MiB for
-#: 64 x 256 x 256, i.e. ~54 B per extra voxel (flood values, markers, keys, skimage's queue and
-#: output) on top of ~250 MiB. The driver keeps read regions within the workers' memory budget.
+#: Peak memory of one watershed unit per voxel of its read region, bytes, beyond what the worker
+#: already holds: measured (RSS high-water mark over the unit's steps, after the imports; bundled-
+#: network maps of a 64 x 512 x 512 frame with foreground flooding) 477 MiB for a 64 x 256 x 256 read
+#: region and 1155 MiB for 64 x 512 x 512, i.e. ~54 B per voxel (flood values, markers, keys,
+#: skimage's queue and output) plus ~250 MiB of read buffers and libraries touched on first use.
 WS_BYTES_PER_VOXEL = 64
 WS_FIXED_BYTES = 256 * 2**20
 
 
-def ws_max_read_voxels(memory_limit: int) -> int:
-    """Largest watershed read region (voxels) that fits a worker's memory limit (75 % of it)."""
-    return max(0, int((0.75 * memory_limit - WS_FIXED_BYTES) // WS_BYTES_PER_VOXEL))
+def ws_max_read_voxels(headroom: int) -> int:
+    """Largest watershed read region (voxels) that fits ``headroom`` bytes of a worker."""
+    return max(0, int((headroom - WS_FIXED_BYTES) // WS_BYTES_PER_VOXEL))
 
 
 def ws_rounds(cfg: SegmentationConfig) -> int:
