@@ -88,10 +88,15 @@ def write_man_track(rows: Any, fh: Any) -> None:
         fh.write(f"{int(tid)} {int(b)} {int(e)} {int(p)}\n")
 
 
-def plan_units(config: SyntheticConfig, frames_per_task: int) -> list[tuple[Region, tuple[int, ...]]]:
-    """Tasks: (spatial storage unit, frames); units are shards when configured, else chunks."""
+def plan_units(config: SyntheticConfig, frames_per_task: int | None) -> list[tuple[Region, tuple[int, ...]]]:
+    """Tasks: (spatial storage unit, frames); units are shards when configured, else chunks.
+
+    ``frames_per_task=None`` gives each unit all its frames in one task: the unit's cell table
+    (whose presence checks cover every frame) is then built once.
+    """
     unit = config.shards or config.spatial_chunks
     T, Z, Y, X = config.shape
+    frames_per_task = T if frames_per_task is None else frames_per_task
     regions = [((z, min(z + unit[0], Z)), (y, min(y + unit[1], Y)), (x, min(x + unit[2], X)))
                for z in range(0, Z, unit[0]) for y in range(0, Y, unit[1]) for x in range(0, X, unit[2])]
     groups = [tuple(range(t, min(t + frames_per_task, T))) for t in range(0, T, frames_per_task)]
@@ -178,7 +183,8 @@ def _run_client(calls: list[tuple[Any, ...]], client: Any, update: Callable[[], 
 
 def write_synthetic(path: str | os.PathLike[str], config: SyntheticConfig | dict[str, Any] | None = None, *,
                     client: Any = None, scheduler: str | None = None, num_workers: int | None = None,
-                    overwrite: bool = False, progress: bool = True, frames_per_task: int = 4) -> SyntheticStore:
+                    overwrite: bool = False, progress: bool = True,
+                    frames_per_task: int | None = None) -> SyntheticStore:
     """Render a synthetic data set into an OME-Zarr store (see the module docstring for the layout).
 
     Parameters
@@ -197,8 +203,9 @@ def write_synthetic(path: str | os.PathLike[str], config: SyntheticConfig | dict
         Replace an existing store (only once the new one is complete).
     progress : bool
         Show a tqdm progress bar over tasks.
-    frames_per_task : int
-        Frames rendered by one task (the cell table of a unit is built once per task).
+    frames_per_task : int, optional
+        Frames rendered by one task (the cell table of a unit is built once per task); default all
+        frames (memory is that of one frame of one unit whatever this is).
 
     Returns
     -------
@@ -218,7 +225,7 @@ def write_synthetic(path: str | os.PathLike[str], config: SyntheticConfig | dict
     t_start = time.perf_counter()
     cfg = as_config(config)
     scene_for(cfg)  # validate derived parameters before touching the disk
-    if frames_per_task < 1:
+    if frames_per_task is not None and frames_per_task < 1:
         raise ConfigError(f"frames_per_task must be >= 1, got {frames_per_task}")
     if client is None and scheduler not in (None, "threads", "processes", "synchronous", "sync"):
         raise ConfigError(f"scheduler must be 'threads', 'processes' or 'synchronous', got {scheduler!r}")
