@@ -34,6 +34,7 @@ __all__ = ["Region", "RenderedRegion", "render_region", "add_noise", "leaf_centr
 
 NEIGHBOURS = 8  # nearest sites examined per voxel (label + walls)
 _BRICK_UM = 3.0  # brick edge (µm, rounded to whole voxels) over which the renderer shares candidate sites
+_TISSUE_SKIP = True  # skip the tissue function where a bound proves it irrelevant (False only to test that)
 _SQRTH = 0.70710678118654752440
 _S_KAPPA, _S_NUC = 301, 302
 _S_NOISE = 0x5EED
@@ -605,7 +606,7 @@ def render_region(scene: Scene, table: CellTable, t: int, region: Region, *, int
     sig_m = scene.membrane_sigma
     mem_var = sig_m**2 + var_mean
     # Depth beyond which, in float64, ndtr(±f/σ) is exactly 1 or 0 and the surface profile exactly 0.
-    skip_depth = max(40.0 * math.sqrt(var_mean), math.sqrt(1500.0 * mem_var)) + 1e-6
+    skip_depth = max(40.0 * math.sqrt(var_mean), math.sqrt(1500.0 * mem_var)) + 1e-6 if _TISSUE_SKIP else np.inf
     band = 6.0 * math.sqrt(sig_m**2 + float(scene.psf_var.max()))
     fp = np.array([scene.r_query, scene.r_cap, band, var_mean, sig_m, scene.peak_norm, c.background_level,
                    c.cytoplasm_level, skip_depth, tissue_lipschitz(scene.tissue), *scene.psf_var,
