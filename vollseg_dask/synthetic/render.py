@@ -166,6 +166,7 @@ def _render_kernel(z0: int, y0: int, x0: int, t: float, voxel: np.ndarray, F: np
     background = fp[6]
     cyto_level = fp[7]
     skip_depth = fp[8]
+    edge_depth = fp[14]
     G = fp[9]
     psf_var = fp[10:13]
     Gp = fp[13]
@@ -338,7 +339,7 @@ def _render_kernel(z0: int, y0: int, x0: int, t: float, voxel: np.ndarray, F: np
                                                    + (sY[2, iz, iy, ix] - cY2) ** 2))
                 # Tissue bounds over the brick: g within G·rX of its centre value, and |∇g| ≤ Gloc from
                 # |∂ρ/∂u_i| = (|u_i|/ρ)^(n-1) ≤ 1 with |u_i| and ρ bounded over the brick (see
-                # geometry.tissue_lipschitz); then f = g/|∇g| is below -skip_depth (or above) everywhere.
+                # geometry.tissue_lipschitz); then f = g/|∇g| ≤ f_hi < 0 everywhere, or f > skip_depth.
                 gc, _ = _tissue1(Tp, P, cX0, cX1, cX2)
                 slack = G * rX * 1.000001 + 1e-9
                 n_exp = Tp[6]
@@ -347,6 +348,7 @@ def _render_kernel(z0: int, y0: int, x0: int, t: float, voxel: np.ndarray, F: np
                 rho_min = (rho_c - rX / Tp[7]) * 0.999999 - 1e-12
                 deep_in = False
                 deep_out = False
+                f_hi = 0.0
                 if rho_min > 0:
                     gr2 = 0.0
                     for i in range(3):
@@ -355,7 +357,9 @@ def _render_kernel(z0: int, y0: int, x0: int, t: float, voxel: np.ndarray, F: np
                         gi = min(1.0, (ui / rho_min) ** (n_exp - 1.0)) / Tp[3 + i]
                         gr2 += gi * gi
                     gloc = max(math.sqrt(gr2) + Gp, Tp[8]) * 1.000001
-                    deep_in = gc + slack < -skip_depth * gloc
+                    if gc + slack < 0:
+                        f_hi = (gc + slack) / gloc
+                        deep_in = f_hi < -edge_depth
                     deep_out = gc - slack > skip_depth * gloc
                 if deep_out:
                     # f > skip_depth everywhere: no cell, edge and surface terms exactly 0.
@@ -373,7 +377,7 @@ def _render_kernel(z0: int, y0: int, x0: int, t: float, voxel: np.ndarray, F: np
                     for iy in range(nby):
                         for ix in range(xb, xe):
                             if deep_in:
-                                bf[v] = -np.inf  # f < -skip_depth: only its sign is used
+                                bf[v] = -np.inf  # f ≤ f_hi < -edge_depth: computed only if needed (below)
                             else:
                                 _, bf[v] = _tissue1(Tp, P, sX[0, iz, iy, ix], sX[1, iz, iy, ix], sX[2, iz, iy, ix])
                             if bf[v] < band:
@@ -436,9 +440,13 @@ def _render_kernel(z0: int, y0: int, x0: int, t: float, voxel: np.ndarray, F: np
                             v += 1
                             f = bf[v]
                             deep = f == -np.inf
+                            if deep and n_alive == 0:
+                                _, f = _tissue1(Tp, P, sX[0, iz - zb, iy - yb, ix], sX[1, iz - zb, iy - yb, ix],
+                                                sX[2, iz - zb, iy - yb, ix])
+                                deep = False
                             if with_intensity:
                                 if deep:
-                                    base0 = background + cyto_level
+                                    base0 = 0.0  # overwritten below: a deep voxel is near the cells
                                 else:
                                     base0 = background + (cyto_level * _ndtr(-f / sd_mean)
                                                           + _profile(f, var_mean, sig_m, pnorm))
@@ -556,9 +564,15 @@ def _render_kernel(z0: int, y0: int, x0: int, t: float, voxel: np.ndarray, F: np
                                     inten[1, iz, iy, ix] = background + _ndtr(-((qn - 1.0) * rm) / sd_mean)
                             elif not with_intensity:
                                 continue
-                            if not deep:
+                            # Tissue-surface profile: where f was skipped, it is needed only if the
+                            # bound profile(f_hi) ≥ profile(f) could exceed the membrane value.
+                            if deep and _profile(f_hi, var_mean, sig_m, pnorm) * 1.000001 >= mem:
+                                _, f = _tissue1(Tp, P, sX[0, iz - zb, iy - yb, ix], sX[1, iz - zb, iy - yb, ix],
+                                                sX[2, iz - zb, iy - yb, ix])
                                 mem = max(mem, _profile(f, var_mean, sig_m, pnorm))
-                            edge = 1.0 if deep else _ndtr(-f / sd_mean)
+                            elif not deep:
+                                mem = max(mem, _profile(f, var_mean, sig_m, pnorm))
+                            edge = 1.0 if deep else _ndtr(-f / sd_mean)  # ndtr(8.5) is 1.0 in float64
                             inten[0, iz, iy, ix] = (background + cyto_level * kap * edge) + mem
 
 
@@ -607,10 +621,13 @@ def render_region(scene: Scene, table: CellTable, t: int, region: Region, *, int
     mem_var = sig_m**2 + var_mean
     # Depth beyond which, in float64, ndtr(±f/σ) is exactly 1 or 0 and the surface profile exactly 0.
     skip_depth = max(40.0 * math.sqrt(var_mean), math.sqrt(1500.0 * mem_var)) + 1e-6 if _TISSUE_SKIP else np.inf
+    # Depth inside below which ndtr(-f/σ) is exactly 1.0 (0.5·erfc(8.5/√2) < 2^-54).
+    edge_depth = 8.5 * math.sqrt(var_mean) * 1.000001 + 1e-9 if _TISSUE_SKIP else np.inf
     band = 6.0 * math.sqrt(sig_m**2 + float(scene.psf_var.max()))
     fp = np.array([scene.r_query, scene.r_cap, band, var_mean, sig_m, scene.peak_norm, c.background_level,
                    c.cytoplasm_level, skip_depth, tissue_lipschitz(scene.tissue), *scene.psf_var,
-                   wave_jacobian_bound(scene.tissue.perturbation) / float(np.min(scene.tissue.radii))], np.float64)
+                   wave_jacobian_bound(scene.tissue.perturbation) / float(np.min(scene.tissue.radii)), edge_depth],
+                  np.float64)
     ip = np.array([M, c.max_generations, min(NEIGHBOURS, len(Ys)), int(intensity), n_ch], np.int64)
     brick = np.maximum(1, np.rint(_BRICK_UM / scene.voxel)).astype(np.int64)
     _render_kernel(z0, y0, x0, float(t), scene.voxel.astype(np.float64), _packed(scene.flow), _packed(scene.warp),
