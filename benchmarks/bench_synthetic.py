@@ -70,7 +70,7 @@ def _run_child(out: Path, shape: list[int], chunks: list[int], workers: int) -> 
 def _repeat(out: Path, shape: list[int], chunks: list[int], workers: int, repeats: int) -> dict[str, Any]:
     """``repeats`` fresh-process writes of one store: median voxels/s, largest peak RSS, every run's figures."""
     runs = []
-    for i in range(repeats):
+    for _ in range(repeats):
         r = _run_child(out, shape, chunks, workers)
         r["peak_delta"] = r["peak_rss"] - r["baseline_rss"]
         runs.append(r)

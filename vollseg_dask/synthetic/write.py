@@ -22,6 +22,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,16 +248,19 @@ def write_synthetic(path: str | os.PathLike[str], config: SyntheticConfig | dict
                      n_levels=cfg.n_levels, name="synthetic")
         create_labels(tmp, LABELS_NAME, dtype="uint32")
         save_config(cfg, tmp / CONFIG_FILE)
-        n_tracks, n_div = _write_lineage(cfg, tmp)
-
-        units = plan_units(cfg, frames_per_task)
-        calls = [(str(tmp), cfg.model_dump_json(), region, frames) for region, frames in units]
-        with tqdm(total=len(calls), desc="synthetic", unit="task", disable=not progress) as bar:
-            if client is not None:
-                _run_client(calls, client, lambda: bar.update(1))
-            else:
-                sched = "synchronous" if scheduler == "sync" else (scheduler or "threads")
-                _run_local(calls, sched, num_workers, lambda: bar.update(1))
+        # The lineage (a pass over every cluster, written in a fixed order) runs in a thread of this
+        # process while the tasks render, instead of before them.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            lineage_done = pool.submit(_write_lineage, cfg, tmp)
+            units = plan_units(cfg, frames_per_task)
+            calls = [(str(tmp), cfg.model_dump_json(), region, frames) for region, frames in units]
+            with tqdm(total=len(calls), desc="synthetic", unit="task", disable=not progress) as bar:
+                if client is not None:
+                    _run_client(calls, client, lambda: bar.update(1))
+                else:
+                    sched = "synchronous" if scheduler == "sync" else (scheduler or "threads")
+                    _run_local(calls, sched, num_workers, lambda: bar.update(1))
+            n_tracks, n_div = lineage_done.result()
         if cfg.n_levels > 1:
             build_pyramid(tmp, "", method="mean")
             build_pyramid(tmp, f"labels/{LABELS_NAME}", method="nearest")
