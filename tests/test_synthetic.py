@@ -139,7 +139,7 @@ def test_sincos_is_within_one_ulp_of_the_c_library() -> None:
 
     import numba
 
-    from vollseg_dask.synthetic._trig import sincos
+    from vollseg_dask.synthetic._kernels import sincos
 
     @numba.njit
     def both(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
