@@ -118,6 +118,46 @@ def test_blocks_render_exactly_like_the_whole_frame(small_labels: np.ndarray, bl
     assert np.array_equal(clean, whole_clean)
 
 
+def test_renderer_shortcuts_do_not_change_a_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The renderer shares candidate sites per brick and skips the tissue function where a bound
+    # proves its terms are exactly 0 or 1: any brick size, with or without the skip, same bytes.
+    from vollseg_dask.synthetic import render
+
+    # Coarse voxels so that the tissue is deep enough (tens of µm) for the skip to apply.
+    cfg = {**SMALL, "shape": (3, 24, 40, 40), "voxel_size": (2.0, 2.0, 2.0), "cell_diameter_um": 13.0,
+           "tissue_radii": (1.6, 1.6, 1.6), "nucleus_channel": True}
+    ref_lab, ref_img = render_labels(cfg, 2), render_image(cfg, 2, noise=False)
+    for brick_um, skip in ((0.5, True), (6.0, True), (3.0, False)):
+        monkeypatch.setattr(render, "_BRICK_UM", brick_um)
+        monkeypatch.setattr(render, "_TISSUE_SKIP", skip)
+        assert np.array_equal(render_labels(cfg, 2), ref_lab), (brick_um, skip)
+        assert np.array_equal(render_image(cfg, 2, noise=False), ref_img), (brick_um, skip)
+
+
+def test_sincos_is_within_one_ulp_of_the_c_library() -> None:
+    import math
+
+    import numba
+
+    from vollseg_dask.synthetic._kernels import sincos
+
+    @numba.njit
+    def both(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = np.empty_like(x)
+        c = np.empty_like(x)
+        for i in range(x.size):
+            s[i], c[i] = sincos(x[i])
+        return s, c
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-1e4, 1e4, 20_000), rng.uniform(-4, 4, 20_000), [0.0, -0.0, np.pi / 4]])
+    s, c = both(x)
+    ref_s = np.array([math.sin(v) for v in x])
+    ref_c = np.array([math.cos(v) for v in x])
+    assert np.all(np.abs(s - ref_s) <= np.spacing(np.abs(ref_s)))
+    assert np.all(np.abs(c - ref_c) <= np.spacing(np.abs(ref_c)))
+
+
 def test_noisy_regions_are_crops_of_the_whole_image() -> None:
     whole = render_image(SMALL, 0)
     part = render_image(SMALL, 0, ((3, 11), (5, 30), (20, 48)))

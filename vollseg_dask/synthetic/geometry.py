@@ -11,9 +11,14 @@ Three coordinate frames, all in µm:
 
 Forward maps are explicit, so a voxel's frame coordinates never depend on other voxels; inverse
 maps (needed only for a few points: sites, anchors) are fixed-point iterations, which converge
-because every map is the identity plus a contraction.
+because every map is the identity plus a contraction; each point iterates until its own update is
+at the rounding level (never a batch-wide criterion, so a point's result does not depend on the
+other points of the call).
 
-All functions are pure NumPy kernels on ``(..., 3)`` float64 arrays ordered ``(z, y, x)``.
+The public functions take and return ``(..., 3)`` float64 arrays ordered ``(z, y, x)``; each is a
+loop over the point kernels of :mod:`~vollseg_dask.synthetic._kernels` (``_field``, ``_flow_shift``,
+``_tissue1`` ...), the very kernels the renderer inlines per voxel, so a voxel's coordinates are the same bits whichever path
+computes them (the presence checks of :mod:`~vollseg_dask.synthetic.cells` rely on this).
 """
 
 from __future__ import annotations
@@ -21,6 +26,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from vollseg_dask.synthetic._kernels import (
+    _cell_to_material_many,
+    _field_many,
+    _lab_to_material_many,
+    _material_to_cell_many,
+    _material_to_lab_many,
+    _tissue_many,
+)
 
 __all__ = [
     "Waves",
@@ -34,9 +48,8 @@ __all__ = [
     "cell_to_lab",
     "Superellipsoid",
     "tissue_distance",
+    "tissue_lipschitz",
 ]
-
-_INVERSE_ITERATIONS = 60
 
 
 @dataclass(frozen=True)
@@ -69,17 +82,15 @@ class Waves:
         return float(np.sum(np.abs(self.amplitude)))
 
 
-def _phases(k: np.ndarray, points: np.ndarray, const: np.ndarray) -> np.ndarray:
-    """``points @ k.T + const`` written out: NumPy's matmul is very slow for an inner size of 3."""
-    return (points[..., 0:1] * k[:, 0] + points[..., 1:2] * k[:, 1]) + (points[..., 2:3] * k[:, 2] + const)
+def _packed(waves: Waves) -> np.ndarray:
+    """Waves as one C-contiguous (K, 9) float64 array ``k(3), e(3), amplitude, omega, phase`` for the kernels."""
+    return np.ascontiguousarray(np.column_stack([waves.k, waves.e, waves.amplitude, waves.omega, waves.phase]),
+                                dtype=np.float64)
 
 
-def _combine(weights: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """``weights @ vectors`` for (..., K) weights and (K, 3) vectors, written out (see :func:`_phases`)."""
-    out = weights[..., 0:1] * vectors[0]
-    for i in range(1, vectors.shape[0]):
-        out = out + weights[..., i : i + 1] * vectors[i]
-    return out
+def _points(p: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    arr = np.asarray(p, dtype=np.float64)
+    return np.ascontiguousarray(arr.reshape(-1, 3)), arr.shape
 
 
 def wave_field(waves: Waves, points: np.ndarray, t: float = 0.0) -> np.ndarray:
@@ -98,8 +109,10 @@ def wave_field(waves: Waves, points: np.ndarray, t: float = 0.0) -> np.ndarray:
     ndarray, shape (..., 3)
         Displacement in µm.
     """
-    arg = _phases(waves.k, points, waves.omega * t + waves.phase)  # (..., K)
-    return _combine(np.sin(arg) * waves.amplitude, waves.e)
+    p, shape = _points(points)
+    out = np.empty_like(p)
+    _field_many(_packed(waves), p, float(t), out)
+    return out.reshape(shape)
 
 
 def wave_jacobian_bound(waves: Waves) -> float:
@@ -109,34 +122,36 @@ def wave_jacobian_bound(waves: Waves) -> float:
 
 def lab_to_material(x: np.ndarray, t: float, flow: Waves) -> np.ndarray:
     """``X = Ψ_t(x) = x − (D(x, t) − D(x, 0))`` (material coordinates of lab points at frame ``t``)."""
-    if t == 0:
-        return np.array(x, dtype=np.float64, copy=True)
-    return x - (wave_field(flow, x, t) - wave_field(flow, x, 0.0))
+    p, shape = _points(x)
+    out = np.empty_like(p)
+    _lab_to_material_many(_packed(flow), p, float(t), out)
+    return out.reshape(shape)
 
 
 def material_to_lab(X: np.ndarray, t: float, flow: Waves) -> np.ndarray:
     """Inverse of :func:`lab_to_material` by fixed-point iteration ``x ← X + D(x, t) − D(x, 0)``."""
-    X = np.asarray(X, dtype=np.float64)
+    p, shape = _points(X)
     if t == 0:
-        return X.copy()
-    x = X.copy()
-    for _ in range(_INVERSE_ITERATIONS):
-        x = X + (wave_field(flow, x, t) - wave_field(flow, x, 0.0))
-    return x
+        return p.reshape(shape).copy()
+    out = np.empty_like(p)
+    _material_to_lab_many(_packed(flow), p, float(t), out)
+    return out.reshape(shape)
 
 
 def material_to_cell(X: np.ndarray, warp: Waves) -> np.ndarray:
     """``Y = W(X) = X + u(X)`` (cell-space coordinates)."""
-    return X + wave_field(warp, X)
+    p, shape = _points(X)
+    out = np.empty_like(p)
+    _material_to_cell_many(_packed(warp), p, out)
+    return out.reshape(shape)
 
 
 def cell_to_material(Y: np.ndarray, warp: Waves) -> np.ndarray:
     """Inverse of :func:`material_to_cell` by fixed-point iteration ``X ← Y − u(X)``."""
-    Y = np.asarray(Y, dtype=np.float64)
-    X = Y.copy()
-    for _ in range(_INVERSE_ITERATIONS):
-        X = Y - wave_field(warp, X)
-    return X
+    p, shape = _points(Y)
+    out = np.empty_like(p)
+    _cell_to_material_many(_packed(warp), p, out)
+    return out.reshape(shape)
 
 
 def lab_to_cell(x: np.ndarray, t: float, flow: Waves, warp: Waves) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +186,23 @@ class Superellipsoid:
     perturbation: Waves
 
 
+def _tissue_packed(tissue: Superellipsoid) -> np.ndarray:
+    """``centre(3), radii(3), exponent, r_min, gradient floor`` as a float64 array for the kernels."""
+    return np.array([*tissue.centre, *tissue.radii, tissue.exponent, float(np.min(tissue.radii)),
+                     0.05 / float(np.max(tissue.radii))], dtype=np.float64)
+
+
+def tissue_lipschitz(tissue: Superellipsoid) -> float:
+    """Bound ``G`` (1/µm) of both the gradient norm of the implicit function ``g`` and its Lipschitz constant.
+
+    ``ρ`` is an ℓ_n norm of ``(X − c)/r`` with ``n ≥ 2``, whose gradient has ℓ2 norm ≤ 1/r_min; the
+    perturbation adds ``Σ|a_k||k_k|/r_min``; the gradient floor ``0.05/r_max`` is below both. So
+    ``|g(X) − g(X')| ≤ G·|X − X'|`` and, since ``f = g/|∇g|`` with ``|∇g| ≤ G``, ``f ≤ g/G`` where
+    ``g < 0`` and ``f ≥ g/G`` where ``g > 0``.
+    """
+    return (1.0 + wave_jacobian_bound(tissue.perturbation)) / float(np.min(tissue.radii))
+
+
 def tissue_distance(X: np.ndarray, tissue: Superellipsoid) -> np.ndarray:
     """Approximate signed distance (µm) to the tissue surface: negative inside.
 
@@ -188,17 +220,7 @@ def tissue_distance(X: np.ndarray, tissue: Superellipsoid) -> np.ndarray:
     -------
     ndarray, shape (...)
     """
-    n = tissue.exponent
-    u = (X - tissue.centre) / tissue.radii
-    au = np.abs(u)
-    powed = au**n
-    rho = np.sum(powed, axis=-1) ** (1.0 / n)
-    rmin = float(np.min(tissue.radii))
-    p = tissue.perturbation
-    arg = _phases(p.k, X, p.phase)
-    g = rho - 1.0 + np.sum(np.sin(arg) * p.amplitude, axis=-1) / rmin
-    safe = np.maximum(rho, 1e-12)[..., None]
-    grad = (au ** (n - 1.0)) * np.sign(u) / tissue.radii * safe ** (1.0 - n)
-    grad = grad + _combine(np.cos(arg) * p.amplitude, p.k) / rmin
-    gnorm = np.maximum(np.linalg.norm(grad, axis=-1), 0.05 / float(np.max(tissue.radii)))
-    return g / gnorm
+    p, shape = _points(X)
+    out = np.empty(len(p))
+    _tissue_many(_tissue_packed(tissue), _packed(tissue.perturbation), p, out)
+    return out.reshape(shape[:-1])

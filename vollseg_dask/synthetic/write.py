@@ -22,6 +22,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,15 @@ def write_man_track(rows: Any, fh: Any) -> None:
         fh.write(f"{int(tid)} {int(b)} {int(e)} {int(p)}\n")
 
 
-def plan_units(config: SyntheticConfig, frames_per_task: int) -> list[tuple[Region, tuple[int, ...]]]:
-    """Tasks: (spatial storage unit, frames); units are shards when configured, else chunks."""
+def plan_units(config: SyntheticConfig, frames_per_task: int | None) -> list[tuple[Region, tuple[int, ...]]]:
+    """Tasks: (spatial storage unit, frames); units are shards when configured, else chunks.
+
+    ``frames_per_task=None`` gives each unit all its frames in one task: the unit's cell table
+    (whose presence checks cover every frame) is then built once.
+    """
     unit = config.shards or config.spatial_chunks
     T, Z, Y, X = config.shape
+    frames_per_task = T if frames_per_task is None else frames_per_task
     regions = [((z, min(z + unit[0], Z)), (y, min(y + unit[1], Y)), (x, min(x + unit[2], X)))
                for z in range(0, Z, unit[0]) for y in range(0, Y, unit[1]) for x in range(0, X, unit[2])]
     groups = [tuple(range(t, min(t + frames_per_task, T))) for t in range(0, T, frames_per_task)]
@@ -178,7 +184,8 @@ def _run_client(calls: list[tuple[Any, ...]], client: Any, update: Callable[[], 
 
 def write_synthetic(path: str | os.PathLike[str], config: SyntheticConfig | dict[str, Any] | None = None, *,
                     client: Any = None, scheduler: str | None = None, num_workers: int | None = None,
-                    overwrite: bool = False, progress: bool = True, frames_per_task: int = 4) -> SyntheticStore:
+                    overwrite: bool = False, progress: bool = True,
+                    frames_per_task: int | None = None) -> SyntheticStore:
     """Render a synthetic data set into an OME-Zarr store (see the module docstring for the layout).
 
     Parameters
@@ -197,8 +204,9 @@ def write_synthetic(path: str | os.PathLike[str], config: SyntheticConfig | dict
         Replace an existing store (only once the new one is complete).
     progress : bool
         Show a tqdm progress bar over tasks.
-    frames_per_task : int
-        Frames rendered by one task (the cell table of a unit is built once per task).
+    frames_per_task : int, optional
+        Frames rendered by one task (the cell table of a unit is built once per task); default all
+        frames (memory is that of one frame of one unit whatever this is).
 
     Returns
     -------
@@ -218,7 +226,7 @@ def write_synthetic(path: str | os.PathLike[str], config: SyntheticConfig | dict
     t_start = time.perf_counter()
     cfg = as_config(config)
     scene_for(cfg)  # validate derived parameters before touching the disk
-    if frames_per_task < 1:
+    if frames_per_task is not None and frames_per_task < 1:
         raise ConfigError(f"frames_per_task must be >= 1, got {frames_per_task}")
     if client is None and scheduler not in (None, "threads", "processes", "synchronous", "sync"):
         raise ConfigError(f"scheduler must be 'threads', 'processes' or 'synchronous', got {scheduler!r}")
@@ -240,16 +248,19 @@ def write_synthetic(path: str | os.PathLike[str], config: SyntheticConfig | dict
                      n_levels=cfg.n_levels, name="synthetic")
         create_labels(tmp, LABELS_NAME, dtype="uint32")
         save_config(cfg, tmp / CONFIG_FILE)
-        n_tracks, n_div = _write_lineage(cfg, tmp)
-
-        units = plan_units(cfg, frames_per_task)
-        calls = [(str(tmp), cfg.model_dump_json(), region, frames) for region, frames in units]
-        with tqdm(total=len(calls), desc="synthetic", unit="task", disable=not progress) as bar:
-            if client is not None:
-                _run_client(calls, client, lambda: bar.update(1))
-            else:
-                sched = "synchronous" if scheduler == "sync" else (scheduler or "threads")
-                _run_local(calls, sched, num_workers, lambda: bar.update(1))
+        # The lineage (a pass over every cluster, written in a fixed order) runs in a thread of this
+        # process while the tasks render, instead of before them.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            lineage_done = pool.submit(_write_lineage, cfg, tmp)
+            units = plan_units(cfg, frames_per_task)
+            calls = [(str(tmp), cfg.model_dump_json(), region, frames) for region, frames in units]
+            with tqdm(total=len(calls), desc="synthetic", unit="task", disable=not progress) as bar:
+                if client is not None:
+                    _run_client(calls, client, lambda: bar.update(1))
+                else:
+                    sched = "synchronous" if scheduler == "sync" else (scheduler or "threads")
+                    _run_local(calls, sched, num_workers, lambda: bar.update(1))
+            n_tracks, n_div = lineage_done.result()
         if cfg.n_levels > 1:
             build_pyramid(tmp, "", method="mean")
             build_pyramid(tmp, f"labels/{LABELS_NAME}", method="nearest")
