@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "Compare predicted labels with ground truth (IoU matching, F1, AP...)."),
     "measure": ("measure", "Per-cell attribute table (Parquet) from a labels group."),
     "track": ("track", "Track cells with TrackMate's LAP tracker, out of core."),
-    "export": ("export", "Export tracks as TrackMate XML, CTC or napari data."),
+    "export": ("export", "Export tracks as TrackMate XML, CTC, napari data or GEFF."),
     "train": ("train", "Train StarDist3D, U-Net and Noise2Void from a config."),
     "optimize-thresholds": ("optimize_thresholds", "Choose StarDist probability/NMS thresholds."),
     "analyze": ("analyze", "Track analysis: distance to boundary, oscillations, divisions."),

@@ -250,6 +250,10 @@ class TrackData:
         The tracker's settings as written to ``tracker_config.yaml``.
     spots_path : pathlib.Path or None
         ``spots/`` dataset of lazily opened data.
+    image : dict or None
+        Calibration of the image the spots came from (:func:`vollseg_dask.io.calibration.image_calibration`): ``store``,
+        ``labels``, ``shape`` {axis: size}, ``voxel_size`` (z, y, x) in ``spatial_unit``,
+        ``frame_interval`` in ``time_unit``. None when unknown (e.g. spots from a CSV).
     """
 
     spots: pd.DataFrame | None
@@ -262,6 +266,7 @@ class TrackData:
     ndim: int = 3
     tracker_config: dict[str, Any] | None = None
     spots_path: Path | None = None
+    image: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.spots is None and self.spots_path is None:
@@ -657,6 +662,7 @@ def _meta_of(data: TrackData | Mapping[str, Any]) -> dict[str, Any]:
             "time_units": data.time_units,
             "frame_interval": data.frame_interval,
             "ndim": data.ndim,
+            **({"image": data.image} if data.image else {}),
         }
     return dict(data)
 
@@ -686,6 +692,8 @@ class TracksWriter:
         Replace an existing folder; otherwise an existing ``path`` raises :class:`StoreExistsError`.
     spatial_units, time_units, frame_interval, ndim
         Stored as metadata in every Parquet file.
+    image : dict, optional
+        Calibration of the source image (:attr:`TrackData.image`), stored with them.
 
     Edges are written either whole (:meth:`write_edges`) or streamed in pieces
     (:meth:`write_edges_chunk`, one Parquet row group per piece), never both; a writer that got
@@ -708,6 +716,7 @@ class TracksWriter:
         time_units: str = "sec",
         frame_interval: float = 1.0,
         ndim: int = 3,
+        image: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
@@ -717,6 +726,8 @@ class TracksWriter:
             "frame_interval": float(frame_interval),
             "ndim": int(ndim),
         }
+        if image:
+            self.meta["image"] = json.loads(json.dumps(dict(image), default=str))
         self._tmp: Path | None = None
         self._frames: set[int] = set()
         self._has_edges = False
@@ -928,6 +939,7 @@ def write_tracks(path: str | os.PathLike[str], data: TrackData, *, overwrite: bo
         time_units=data.time_units,
         frame_interval=data.frame_interval,
         ndim=data.ndim,
+        image=data.image,
     ) as w:
         for t, frame in data.iter_frames():
             w.write_spots_frame(t, frame)
@@ -994,5 +1006,6 @@ def read_tracks(path: str | os.PathLike[str], *, lazy: bool = False) -> TrackDat
         ndim=int(meta.get("ndim", 3)),
         tracker_config=config,
         spots_path=root / _SPOTS,
+        image=meta.get("image") or None,
     )
     return data if lazy else data.materialize()
