@@ -61,11 +61,14 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="vollseg-dask")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """vollseg-dask: chunked VollSeg segmentation and LAP tracking of 3D+t microscopy."""
-    import logging
+    """vollseg-dask: chunked VollSeg segmentation and LAP tracking of 3D+t microscopy.
 
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Quiet by default (warnings, progress bars and one line per Dask cluster started); -v shows the
+    libraries' INFO logs (Dask, TensorFlow), -vv debug.
+    """
+    from vollseg_dask.runtime import configure_logging
+
+    configure_logging(verbose)
 
 
 def run() -> None:  # pragma: no cover - console-script entry point

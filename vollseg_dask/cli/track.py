@@ -57,8 +57,8 @@ def command(
         from vollseg_dask.io.trackmate_xml import normalize_time_units
 
         update["time_units"] = normalize_time_units(time_unit)
-    if update:  # validated, and marked as set so the source's calibration does not replace them
-        config = TrackerConfig.model_validate({**config.model_dump(exclude_unset=True), **update})
+    if update:  # set values win over the source's calibration (tracking.driver.with_calibration)
+        config = TrackerConfig.model_validate({**config.model_dump(), **update})
     result = track(source, out_dir, config, overwrite=overwrite, progress=not no_progress)
     summary = {
         "out": str(result.path),

@@ -1055,7 +1055,6 @@ def write_trackmate_xml(
     source_note = ""
     if data.image and data.image.get("store"):
         source_note = (f"Image: OME-Zarr {data.image['store']}"
-                       + (f", labels {data.image['labels']}" if data.image.get("labels") else "")
                        + (" (Fiji cannot open OME-Zarr: ImageData names no file unless a TIFF was exported).\n"
                           if not img["filename"] else ".\n"))
 

@@ -518,25 +518,26 @@ def track(
 
 
 def with_calibration(config: TrackerConfig, calibration: dict[str, Any] | None) -> TrackerConfig:
-    """``config`` with its units taken from an image calibration where it does not set them.
+    """``config`` with its unset units (None) resolved from an image calibration.
 
-    Fields the user set explicitly (pydantic's ``model_fields_set``: from a file, the CLI's
-    ``--frame-interval``/``--time-unit`` or keyword arguments) win. Units come out in TrackMate's
-    spelling (``min``, ``sec``, ``µm``); a calibration without a frame interval changes nothing in
-    time.
+    ``frame_interval``, ``time_units`` and ``spatial_units`` the config sets (from a file, the CLI's
+    ``--frame-interval``/``--time-unit`` or keyword arguments) win; None takes the calibration's
+    (:mod:`vollseg_dask.io.calibration`), else 1 frame and µm. A frame interval set without a time
+    unit is taken in the image's time unit (``frame`` when the image names none).
+    Units come out in TrackMate's spelling (``min``, ``sec``, ``µm``).
     """
     from vollseg_dask.io.trackmate_xml import normalize_spatial_units, normalize_time_units
 
-    update: dict[str, Any] = {}
     cal = calibration or {}
-    fi = cal.get("frame_interval")
-    if "frame_interval" not in config.model_fields_set and fi:
-        update["frame_interval"] = float(fi)
-        if "time_units" not in config.model_fields_set:
-            update["time_units"] = normalize_time_units(cal.get("time_unit"))
-    if "spatial_units" not in config.model_fields_set and cal.get("spatial_unit"):
-        update["spatial_units"] = normalize_spatial_units(cal["spatial_unit"])
-    return config.model_copy(update=update) if update else config
+    cal_fi = cal.get("frame_interval")
+    fi = config.frame_interval
+    if fi is None:
+        fi = float(cal_fi) if cal_fi else 1.0
+    t_units = config.time_units
+    if t_units is None:
+        t_units = normalize_time_units(cal.get("time_unit")) if cal_fi or config.frame_interval else "frame"
+    s_units = config.spatial_units or normalize_spatial_units(cal.get("spatial_unit") or "µm")
+    return config.model_copy(update={"frame_interval": float(fi), "time_units": t_units, "spatial_units": s_units})
 
 
 def _feats(frame: pd.DataFrame, config: TrackerConfig) -> dict[str, NDArray[np.float64] | None]:
