@@ -59,8 +59,8 @@ def test_verbose_shows_info(small_store: Path, tmp_path: Path) -> None:
 def test_small_jobs_use_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VOLLSEG_N_WORKERS", raising=False)
     monkeypatch.delenv("VOLLSEG_SMALL_JOB_VOXELS", raising=False)
-    assert for_job_size(ClusterConfig(), SMALL_JOB_VOXELS - 1).kind == "threads"
-    assert for_job_size(ClusterConfig(), SMALL_JOB_VOXELS).kind == "local"
+    assert for_job_size(ClusterConfig(), SMALL_JOB_VOXELS).kind == "threads"
+    assert for_job_size(ClusterConfig(), SMALL_JOB_VOXELS + 1).kind == "local"
     assert for_job_size(ClusterConfig(n_workers=2), 10).kind == "local"   # the user's choice stays
     assert for_job_size(ClusterConfig(kind="slurm"), 10).kind == "slurm"
     monkeypatch.setenv("VOLLSEG_N_WORKERS", "2")

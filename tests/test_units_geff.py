@@ -136,7 +136,8 @@ def test_geff_validated_read_back_and_tracked(pipeline, tmp_path: Path) -> None:
     mem = read_to_memory(str(out), data_validation=ValidationConfig(graph=True, lineage=True, tracklet=True))
     meta = mem["metadata"]
     axes = {a.name: a for a in meta.axes}
-    assert axes["t"].type == "time" and axes["t"].scale == 9.5 and axes["t"].scaled_unit == "minute"
+    assert axes["t"].type == "time" and axes["t"].unit == "frame"
+    assert axes["t"].scale == 9.5 and axes["t"].scaled_unit == "minute"
     assert all(axes[a].type == "space" and axes[a].unit == "micrometer" for a in "zyx")
     assert meta.track_node_props == {"lineage": "track_id", "tracklet": "tracklet_id"}
     (rel,) = meta.related_objects
@@ -163,3 +164,27 @@ def test_geff_validated_read_back_and_tracked(pipeline, tmp_path: Path) -> None:
     assert (s["frame_interval"], s["time_units"]) == (9.5, "min")
     again = read_tracks(tmp_path / "from_geff")
     assert again.edges.sort_values(key)[key].reset_index(drop=True).equals(e1[key])
+
+
+def test_napari_geff_reads_our_geff(pipeline, tmp_path: Path) -> None:
+    pytest.importorskip("napari_geff", reason="napari-geff not installed")
+    from napari_geff._reader import get_geff_reader
+
+    out = tmp_path / "tracks.geff"
+    _run("export", str(pipeline["tracks"]), "--format", "geff", str(out))
+    reader = get_geff_reader(str(out))
+    assert reader is not None, "napari-geff does not accept the file"
+    layers = {kind: (data, kw) for data, kw, kind in reader(str(out))}
+    data, kw = layers["tracks"]
+    assert len(data) == 7 and kw["scale"][0] == 9.5  # every spot; t scaled to minutes
+
+
+def test_ctc_masks_carry_the_pixel_size(pipeline, tmp_path: Path) -> None:
+    import tifffile
+
+    out = tmp_path / "01_RES"
+    _run("export", str(pipeline["tracks"]), "--format", "ctc", str(out), "--labels", f"{pipeline['store']}:cells")
+    with tifffile.TiffFile(out / "mask000.tif") as tf:
+        page = tf.pages[0]
+        assert page.resolutionunit == tifffile.RESUNIT.CENTIMETER
+        np.testing.assert_allclose(page.resolution, (1e4 / 0.25, 1e4 / 0.5))

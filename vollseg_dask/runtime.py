@@ -126,9 +126,11 @@ class SlurmConfig(StrictModel):
         return v
 
 
-#: Jobs below this many voxels (all time points together) run on threads under the local default:
-#: starting worker processes costs more than it saves. Measured with ``measure`` (README, "Small jobs").
-SMALL_JOB_VOXELS = 32 * 2**20
+#: Jobs of at most this many voxels (all time points together) run on threads under the local
+#: default: starting worker processes costs more than it saves. ``benchmarks/bench_small_jobs.py``
+#: (README, "Small jobs"): on 2 cores threads won at every size measured, up to this one (2**27 =
+#: 8x64x512x512 voxels, 32.0 s against 53.6 s); above it the memory-bounded process cluster is kept.
+SMALL_JOB_VOXELS = 2**27
 
 #: Set by :func:`configure_logging` (the CLI): announce each cluster started by :func:`get_client`.
 _ANNOUNCE = False
@@ -164,9 +166,9 @@ def for_job_size(config: ClusterConfig, voxels: int, *, threshold: int = SMALL_J
     """The local default switched to threads for a small job.
 
     Only a config left at ``kind="local"`` with ``n_workers`` unset (and no ``VOLLSEG_N_WORKERS``) is
-    changed: below ``threshold`` voxels it becomes ``kind="threads"`` with the machine's worker
+    changed: up to ``threshold`` voxels it becomes ``kind="threads"`` with the machine's worker
     count. Anything the user chose (a worker count, a scheduler, SLURM) is kept.
-    ``VOLLSEG_SMALL_JOB_VOXELS`` replaces ``threshold`` (0: never threads).
+    ``VOLLSEG_SMALL_JOB_VOXELS`` replaces ``threshold`` (0: never threads for a non-empty job).
     """
     env_t = env_override("SMALL_JOB_VOXELS")
     if env_t is not None and env_t.strip():
@@ -176,7 +178,7 @@ def for_job_size(config: ClusterConfig, voxels: int, *, threshold: int = SMALL_J
             raise ConfigError(f"VOLLSEG_SMALL_JOB_VOXELS={env_t!r} must be an integer") from None
     env_n = env_override("N_WORKERS")
     if (config.kind != "local" or config.n_workers is not None or not config.processes
-            or (env_n is not None and env_n.strip()) or int(voxels) >= threshold):
+            or (env_n is not None and env_n.strip()) or int(voxels) > threshold):
         return config
     return config.model_copy(update={"kind": "threads"})
 

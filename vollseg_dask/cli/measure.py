@@ -53,7 +53,7 @@ def _job_voxels(store: Path, labels: str) -> int:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="YAML/TOML file with a MeasureConfig (options given here override it).")
 @click.option("--workers", type=int, default=None,
-              help="Local Dask worker processes [sized to the machine; threads below 32 Mi voxels].")
+              help="Local Dask worker processes [sized to the machine; threads up to 2**27 voxels].")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler to use instead.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing table (and an automatic tissue mask).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")

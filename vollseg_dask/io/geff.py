@@ -6,9 +6,10 @@ A track store (:class:`vollseg_dask.io.tracks.TrackData`) becomes one GEFF zarr 
   ``z``, ``y``, ``x`` (in the store's spatial unit, normally µm), ``seg_id`` (the segmentation
   label of the spot in its frame), ``track_id`` (lineage) and ``tracklet_id``, and every numeric
   column of the cell table the spots came from (volume, intensities, distance to the boundary...).
-- **axes** (``t``, ``z``, ``y``, ``x``): type, unit and range. ``t`` holds frame indices, so its
-  ``unit`` is unset and ``scale`` = frame interval with ``scaled_unit`` = the store's time unit
-  (OME-NGFF name, e.g. ``minute``), as in GEFF's own example; space axes have unit ``micrometer``.
+- **axes** (``t``, ``z``, ``y``, ``x``): type, unit and range. ``t`` holds frame indices: its
+  ``unit`` is ``frame`` (the spec's "matches the image index") and ``scale`` = frame interval with
+  ``scaled_unit`` = the store's time unit (OME-NGFF name, e.g. ``minute``), as in GEFF's own
+  example; space axes have unit ``micrometer``.
 - ``track_node_props`` = ``{"lineage": "track_id", "tracklet": "tracklet_id"}``. GEFF requires each
   lineage to be a weakly connected component, so a spot that belongs to no track (``track_id`` -1
   in our tables) gets an ID of its own here; :func:`read_geff` turns single-node lineages back
@@ -144,7 +145,7 @@ def write_geff(
         v = node_props[name]["values"]
         return {"min": float(v.min()), "max": float(v.max())} if len(v) else {}
 
-    axes = [Axis(name="t", type="time", scale=float(data.frame_interval) if t_unit else None,
+    axes = [Axis(name="t", type="time", unit="frame", scale=float(data.frame_interval) if t_unit else None,
                  scaled_unit=t_unit, **rng("t"))]
     axes += [Axis(name=a, type="space", unit=s_unit, **rng(a)) for a in spatial]
     related = None
@@ -222,7 +223,7 @@ def _units(meta: Any) -> dict[str, Any]:
             if ax.scaled_unit and ax.scale:
                 out["time_units"] = normalize_time_units(ax.scaled_unit)
                 out["frame_interval"] = float(ax.scale)
-            elif ax.unit:  # t stored in time units already: unusual; keep them as frames
+            elif ax.unit and ax.unit != "frame":  # t in time units already: unusual; keep them as frames
                 out["time_units"] = normalize_time_units(ax.unit)
         elif ax.type == "space" and ax.unit:
             out["spatial_units"] = normalize_spatial_units(ax.unit)

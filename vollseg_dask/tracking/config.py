@@ -166,7 +166,7 @@ class TrackerConfig(StrictModel):
     )
     time_units: str | None = Field(
         None, min_length=1, description="Unit of frame_interval (written into the track store). None: the "
-        "image's when frame_interval comes from it, else 'frame'.",
+        "time unit of the image the spots were measured on, else 'frame'.",
     )
     window_frames: int = Field(
         16,
