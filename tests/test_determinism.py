@@ -72,7 +72,7 @@ def _config(store: Path, out: Path, labels: str, grid: tuple, cluster: dict[str,
         "measure": {"tissue_mask": "auto", "tissue_name": f"tissue_{labels}", "surface": True, **(measure or {})},
         "track": {**TRACK, **(track or {})},
         "analyze": {"track_plots": 0},
-        "export": {"formats": ["trackmate", "ctc", "napari"]},
+        "export": {"formats": ["trackmate", "ctc", "napari", "geff"]},
     }
     if stages is not None:
         data["stages"] = stages
@@ -134,9 +134,14 @@ def _outputs(store: Path, out: Path, labels: str) -> dict[str, Any]:
     h["tracks/files"] = _files_sha(ds / "tracks")
     # the settings record names the scheduler and window size; the results must not depend on them
     assert h["tracks/files"].pop("tracker_config.yaml")
+    # the image calibration names the run's own labels group (each run here writes its own)
+    assert json.loads((ds / "tracks" / "image.json").read_text())["labels"] == labels
+    h["tracks/files"].pop("image.json")
     h["tracks.xml"] = _sha((ds / "tracks.xml").read_bytes())
     h["ctc"] = _files_sha(ds / "ctc")
     h["napari"] = _sha((ds / "napari_tracks.npz").read_bytes())
+    h["geff"] = _files_sha(ds / "tracks.geff")  # array chunks (dot-files hold metadata naming the labels group)
+    assert h["geff"], "no GEFF arrays"
     # analysis: its tables; the plots are images (their bytes hold no result a test could name)
     h["analysis/tables"] = _files_sha(ds / "analysis" / "tables")
     assert h["analysis/tables"], "the analysis wrote no tables"

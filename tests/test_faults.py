@@ -60,7 +60,7 @@ def _hashes(store: Path, out: Path) -> dict[str, str]:
         a = np.ascontiguousarray(arr[...])
         h[f"labels/{name}"] = _sha(a.tobytes() + f"{a.dtype}{a.shape}".encode())
     cells = out / "syn" / "cells"
-    for p in sorted(cells.glob("t=*/*")):  # visible partitions only: hidden ones are half-written
+    for p in sorted(cells.glob("t_*/*")):  # visible partitions only: hidden ones are half-written
         if not p.name.startswith((".", "_")):
             h[f"cells/{p.relative_to(cells)}"] = _sha(p.read_bytes())
     h["btrackmate.csv"] = _sha((out / "syn" / "cells_btrackmate.csv").read_bytes())
@@ -170,7 +170,7 @@ def test_workers_killed_mid_segmentation_give_identical_output(pristine, referen
 
 
 def _cells_done(out: Path) -> list[Path]:
-    return sorted((out / "syn" / "cells").glob("t=*/_SUCCESS"))
+    return sorted((out / "syn" / "cells").glob("t_*/_SUCCESS"))
 
 
 @pytest.mark.slow
@@ -291,11 +291,11 @@ def test_corrupt_image_chunk_fails_only_what_needs_it_and_resumes_after_repair(p
     assert ds.stages["segment"]["status"] == "done"
     got = _hashes_partial(store, out)
     ref = reference["hashes"]
-    assert {k: v for k, v in got.items() if not k.startswith("cells/t=2")} == \
+    assert {k: v for k, v in got.items() if not k.startswith("cells/t_000002")} == \
         {k: v for k, v in ref.items() if k in got}
-    assert not (out / "syn" / "cells" / "t=2").exists()
-    assert all(k in got for k in ref if k.startswith(("labels/", "cells/t=0", "cells/t=1")))
-    t0_part = out / "syn" / "cells" / "t=0" / "part-0.parquet"
+    assert not (out / "syn" / "cells" / "t_000002").exists()
+    assert all(k in got for k in ref if k.startswith(("labels/", "cells/t_000000", "cells/t_000001")))
+    t0_part = out / "syn" / "cells" / "t_000000" / "part-0.parquet"
     t0_stamp = t0_part.stat().st_mtime_ns
 
     file.write_bytes(original)  # repaired

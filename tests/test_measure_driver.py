@@ -119,8 +119,12 @@ def test_table_equals_whole_volume_references(store, tmp_path):
     # Fixed schema.
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(tmp_path / "tab" / "t=0" / "part-0.parquet")
-    assert schema.remove_metadata() == cell_table_schema(2, with_t=False).remove_metadata()
+    schema = pq.read_schema(tmp_path / "tab" / "t_000000" / "part-0.parquet")
+    assert schema.remove_metadata() == cell_table_schema(2).remove_metadata()
+    # plain pandas reads the table with an integer t (no hive categorical)
+    plain = pd.read_parquet(tmp_path / "tab")
+    assert plain["t"].dtype == np.int64 and sorted(plain["t"].unique()) == list(range(T))
+    assert (plain["t"] - 1).min() == -1
 
 
 def test_block_shape_does_not_change_the_table(store, tmp_path):
@@ -131,7 +135,7 @@ def test_block_shape_does_not_change_the_table(store, tmp_path):
     a, b = read_cell_table(tmp_path / "a"), read_cell_table(tmp_path / "b")
     pd.testing.assert_frame_equal(a, b)  # uint16 intensities: every sum is exact in int64
     for t in range(T):
-        digest = [hashlib.sha256((tmp_path / d / f"t={t}" / "part-0.parquet").read_bytes()).hexdigest()
+        digest = [hashlib.sha256((tmp_path / d / f"t_{t:06d}" / "part-0.parquet").read_bytes()).hexdigest()
                   for d in ("a", "b", "c")]
         assert len(set(digest)) == 1
 
@@ -141,15 +145,15 @@ def test_resume_skips_done_time_points_and_refuses_other_settings(store, tmp_pat
     out = tmp_path / "tab"
     first = _measure(root, out, times=[1])
     assert set(first.rows) == {1} and done_times(out) == {1}
-    stamp = (out / "t=1" / "_SUCCESS").stat().st_mtime_ns
+    stamp = (out / "t_000001" / "_SUCCESS").stat().st_mtime_ns
     # A crashed write leaves only a hidden temporary folder: invisible to readers, redone on resume.
-    junk = out / ".t=0.tmp-deadbeef"
+    junk = out / ".t_000000.tmp-deadbeef"
     junk.mkdir()
     (junk / "part-0.parquet").write_bytes(b"partial")
     assert read_cell_table(out)["t"].unique().tolist() == [1]
     second = _measure(root, out)
     assert second.skipped == [1] and set(second.rows) == {0}
-    assert (out / "t=1" / "_SUCCESS").stat().st_mtime_ns == stamp
+    assert (out / "t_000001" / "_SUCCESS").stat().st_mtime_ns == stamp
     assert done_times(out) == {0, 1}
     assert _measure(root, out).rows == {}
     with pytest.raises(StoreExistsError, match="channels"):

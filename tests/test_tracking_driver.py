@@ -280,8 +280,9 @@ def test_ids_labels_features_and_2d(tmp_path: Path) -> None:
     assert s["spot_id"].tolist() == [3, 7, (1 << 32) + 3, (1 << 32) + 7]
     assert (s["z"] == 0).all() and data.ndim == 2 and "area" in s.columns
     assert edge_keys(data.edges) == [(3, (1 << 32) + 7, "link"), (7, (1 << 32) + 3, "link")]
+    # the record holds the units used: a CSV names no image, so 1 frame and µm
     assert load_config(TrackerConfig, result.path / "tracker_config.yaml") == TrackerConfig(
-        linking_max_distance=2.0
+        linking_max_distance=2.0, frame_interval=1.0, time_units="frame", spatial_units="µm"
     )
 
 

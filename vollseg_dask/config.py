@@ -137,3 +137,81 @@ def save_config(config: BaseModel, path: str | os.PathLike[str]) -> Path:
 def env_override(name: str, default: Any = None) -> str | None:
     """Return the value of ``VOLLSEG_<NAME>`` from the environment, or ``default``."""
     return os.environ.get(f"VOLLSEG_{name.upper()}", default)
+
+
+def _comment(text: str | None, indent: str) -> list[str]:
+    if not text:
+        return []
+    import textwrap
+
+    return [f"{indent}# {line}" for line in textwrap.wrap(" ".join(text.split()), 96 - len(indent))]
+
+
+def _yaml_value(value: Any) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10**6).strip()
+    return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
+
+
+def _yaml_lines(model: BaseModel, indent: str) -> list[str]:
+    lines: list[str] = []
+    data = model.model_dump(mode="json")
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        lines += _comment(info.description, indent)
+        if isinstance(value, BaseModel):
+            lines.append(f"{indent}{name}:")
+            lines += _yaml_lines(value, indent + "  ")
+        elif value is None:
+            lines.append(f"{indent}{name}: null  # default: unset")
+        else:
+            lines.append(f"{indent}{name}: {_yaml_value(data[name])}")
+    return lines
+
+
+def _unset_paths(model: BaseModel, prefix: str = "") -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out += _unset_paths(value, f"{prefix}{name}.")
+        elif value is None:
+            out.append((f"{prefix}{name}", info.description))
+    return out
+
+
+def render_config(config: BaseModel, fmt: str = "yaml") -> str:
+    """Every key of ``config`` as a commented YAML or TOML document (``create-config``).
+
+    YAML: each key preceded by its description; keys whose default is None are written as
+    ``key: null`` (loading the file gives the same defaults). TOML has no null, so such keys are
+    listed in comments at the top (``# segment.foreground_threshold = <unset>: description``) and
+    every other key follows as TOML.
+    """
+    if fmt == "yaml":
+        head = [f"# {type(config).__name__}: every setting with its default; null = unset (uses the default)."]
+        return "\n".join(head + _yaml_lines(config, "")) + "\n"
+    if fmt == "toml":
+        import tomli_w
+
+        head = [f"# {type(config).__name__}: every setting with its default.",
+                "# Settings without a default (TOML has no null): uncomment and set to use them."]
+        for path, desc in _unset_paths(config):
+            head.append(f"# {path} = <unset>" + (f"  # {' '.join(desc.split())}" if desc else ""))
+        return "\n".join(head) + "\n\n" + tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
+    raise ConfigError(f"config format must be 'yaml' or 'toml', got {fmt!r}")
+
+
+def write_config_template(config: BaseModel, path: str | os.PathLike[str]) -> Path:
+    """Write :func:`render_config` of ``config`` to ``path`` (.yaml/.yml/.toml), atomically."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in {".yaml", ".yml", ".toml"}:
+        raise ConfigError(f"config file {p} must end in .yaml, .yml or .toml (got {suffix!r})")
+    text = render_config(config, "toml" if suffix == ".toml" else "yaml")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+    return p

@@ -356,6 +356,7 @@ def measure_cells(
     """
     import dask
 
+    from vollseg_dask.io.calibration import image_calibration
     from vollseg_dask.io.cell_table import init_table_dir, write_btrackmate_csv
     from vollseg_dask.io.omezarr import open_image, open_labels
     from vollseg_dask.plan import plan_blocks
@@ -424,8 +425,11 @@ def measure_cells(
         "distance_max_voxels": cfg.distance_max_voxels,
         "provisional_id": "given" if provisional_ids is not None else (prov_file or "label"),
         "config": cfg.model_dump(mode="json"),
+        # what the table's consumers (tracking, exports) need about the image; not an identity key,
+        # so tables written before it was recorded still resume
+        "image": image_calibration(image, labels=cfg.labels),
     }
-    identity = [k for k in manifest if k != "config"]
+    identity = [k for k in manifest if k not in ("config", "image")]
     table = init_table_dir(out, manifest, overwrite=overwrite, identity_keys=identity)
     from vollseg_dask.io.cell_table import done_times
 

@@ -15,7 +15,7 @@ Output layout (``OUT`` = ``RunConfig.output``)::
     OUT/<name>/image.zarr          converted input (non-Zarr inputs only; Zarr inputs are used in place)
     OUT/<name>/cells/              cell table (Parquet, partitioned by t)
     OUT/<name>/tracks/             track store (spots/, edges, tracks, tracklets)
-    OUT/<name>/tracks.xml, ctc/, napari_tracks.npz   exports
+    OUT/<name>/tracks.xml, ctc/, napari_tracks.npz, tracks.geff   exports
     OUT/<name>/analysis/           track analysis tables and plots
     OUT/<name>/manifest.json       config, versions, inputs, per-stage status, timings, peak memory
     <store>/labels/<labels_name>   the segmentation (beside the image, NGFF labels group)
@@ -80,7 +80,13 @@ class InputConfig(StrictModel):
     voxel_size: tuple[float, float, float] | None = Field(
         None, description="Voxel size (z, y, x) in µm of non-Zarr inputs; default from file metadata."
     )
-    frame_interval: float | None = Field(None, gt=0, description="Frame interval (s) of non-Zarr inputs.")
+    frame_interval: float | None = Field(
+        None, gt=0, description="Frame interval of non-Zarr inputs, in time_unit; default from file metadata."
+    )
+    time_unit: str | None = Field(
+        None, description="Unit of frame_interval for non-Zarr inputs ('second', 'minute', 'hour'...); "
+        "default from file metadata."
+    )
     dataset: str | None = Field(None, description="HDF5 dataset name (default: the only/`raw` image dataset).")
 
 
@@ -114,8 +120,9 @@ class AnalyzeConfig(StrictModel):
 class ExportConfig(StrictModel):
     """Exports written after tracking."""
 
-    formats: list[Literal["trackmate", "ctc", "napari"]] = Field(
-        default_factory=lambda: ["trackmate", "ctc", "napari"], description="Track export formats."
+    formats: list[Literal["trackmate", "ctc", "napari", "geff"]] = Field(
+        default_factory=lambda: ["trackmate", "ctc", "napari", "geff"],
+        description="Track export formats (GEFF: the graph exchange format; vollseg_dask.exports).",
     )
     ctc_masks: bool = Field(True, description="Write CTC masks relabelled from the labels group.")
 
@@ -504,7 +511,7 @@ def _stage_ingest(ds: _Dataset, client: Any, resume: bool) -> int:
 
     i = ds.cfg.input
     convert(ds.source, ds.store, axes=i.axes, voxel_size=i.voxel_size, frame_interval=i.frame_interval,
-            dataset=i.dataset, overwrite=True)
+            time_unit=i.time_unit, dataset=i.dataset, overwrite=True)
     return _image_voxels(ds.store)
 
 
@@ -539,16 +546,11 @@ def _stage_measure(ds: _Dataset, client: Any, resume: bool) -> int:
 
 
 def _stage_track(ds: _Dataset, client: Any, resume: bool) -> int:
-    from vollseg_dask.io.omezarr import open_image
     from vollseg_dask.tracking import track
 
+    # the image's calibration (t scale and unit, recorded in the cell table) is the truth unless the
+    # user set frame_interval/time_units on purpose: track() applies it (tracking.driver.with_calibration)
     tcfg = ds.cfg.track
-    if "frame_interval" not in tcfg.model_fields_set:
-        # the image's t scale is the truth unless the user set the interval on purpose
-        img = open_image(ds.store)
-        if img.frame_interval:
-            unit = img.units.get("t") or tcfg.time_units
-            tcfg = tcfg.model_copy(update={"frame_interval": float(img.frame_interval), "time_units": unit})
     res = track(ds.dir / "cells", ds.dir / "tracks", tcfg, overwrite=True, progress=None)
     ds.manifest["tracking"] = {k: v for k, v in vars(res).items() if isinstance(v, int | float | str)}
     return 0
@@ -564,41 +566,20 @@ def _stage_analyze(ds: _Dataset, client: Any, resume: bool) -> int:
 
 
 def _stage_export(ds: _Dataset, client: Any, resume: bool) -> int:
-    from vollseg_dask.io.tracks import read_tracks
+    from vollseg_dask.exports import export_tracks
+    from vollseg_dask.io.omezarr import open_labels
 
-    data = read_tracks(ds.dir / "tracks")
-    formats = ds.cfg.export.formats
-    if "trackmate" in formats:
-        from vollseg_dask.io.omezarr import open_image
-        from vollseg_dask.io.trackmate_xml import write_trackmate_xml
-
-        img = open_image(ds.store)
-        shape = dict(zip(img.axes, img.data.shape, strict=True))
-        vz, vy, vx = img.voxel_size
-        image_data = {
-            "filename": ds.store.name, "folder": str(ds.store.parent),
-            "width": shape.get("x", 1), "height": shape.get("y", 1), "nslices": shape.get("z", 1),
-            "nframes": shape.get("t", 1), "pixelwidth": vx, "pixelheight": vy, "voxeldepth": vz,
-            "timeinterval": img.frame_interval or 1.0,
-        }
-        write_trackmate_xml(ds.dir / "tracks.xml", data, image_data=image_data,
-                            tracker_settings=ds.cfg.track.to_trackmate())
-    if "napari" in formats:
-        from vollseg_dask.io.napari_tracks import write_napari_tracks
-        from vollseg_dask.tracking.napari import to_napari_tracks
-
-        write_napari_tracks(ds.dir / "napari_tracks.npz", *to_napari_tracks(data))
-    if "ctc" in formats:
-        from vollseg_dask.io.ctc import write_ctc
-
-        labels = None
-        if ds.cfg.export.ctc_masks:
-            from vollseg_dask.io.omezarr import open_labels
-
-            lab = open_labels(ds.store, ds.cfg.labels_name)
-            labels = lab.data[:, 0] if "c" in lab.axes else lab.data
-        write_ctc(ds.dir / "ctc", data, labels=labels, overwrite=True)
+    labels = open_labels(ds.store, ds.cfg.labels_name)
+    for fmt in ds.cfg.export.formats:
+        export_tracks(ds.dir / "tracks", fmt, ds.dir / _EXPORT_PATHS[fmt], overwrite=True,
+                      labels=labels if fmt != "ctc" or ds.cfg.export.ctc_masks else None,
+                      labels_name=ds.cfg.labels_name,
+                      tracker_settings=ds.cfg.track.to_trackmate() if fmt == "trackmate" else None)
     return 0
+
+
+#: Where each export format is written inside a data set's folder.
+_EXPORT_PATHS = {"trackmate": "tracks.xml", "ctc": "ctc", "napari": "napari_tracks.npz", "geff": "tracks.geff"}
 
 
 _STAGE_FUNCS = {
@@ -625,9 +606,8 @@ def _collect_outputs(ds: _Dataset, stage: str) -> None:
     elif stage == "analyze":
         o["analysis"] = str(ds.dir / "analysis")
     elif stage == "export":
-        for fmt, rel in (("trackmate", "tracks.xml"), ("ctc", "ctc"), ("napari", "napari_tracks.npz")):
-            if fmt in ds.cfg.export.formats:
-                o[fmt] = str(ds.dir / rel)
+        for fmt in ds.cfg.export.formats:
+            o[fmt] = str(ds.dir / _EXPORT_PATHS[fmt])
 
 
 def _counts(manifest: dict[str, Any], stages: dict[str, Any]) -> dict[str, int]:

@@ -13,8 +13,9 @@ Where the work runs (DESIGN §4):
   ``n_workers`` threads, for tiny jobs and tests (:func:`get_client` yields ``None``).
 
 Environment variables override configuration files: ``VOLLSEG_N_WORKERS``
-(worker count) and ``VOLLSEG_SCHEDULER_ADDRESS`` (connect to that scheduler,
-whatever the configured kind). ``VOLLSEG_PROGRESS`` = ``0``/``1`` hides/forces
+(worker count), ``VOLLSEG_SCHEDULER_ADDRESS`` (connect to that scheduler,
+whatever the configured kind) and ``VOLLSEG_SMALL_JOB_VOXELS`` (size below which the local default
+runs on threads, :func:`for_job_size`). ``VOLLSEG_PROGRESS`` = ``0``/``1`` hides/forces
 progress bars.
 
 Importing this module does not import ``distributed`` or TensorFlow.
@@ -61,6 +62,9 @@ __all__ = [
     "compute_with_progress",
     "StageTimer",
     "format_stage_summary",
+    "configure_logging",
+    "SMALL_JOB_VOXELS",
+    "for_job_size",
 ]
 
 T = TypeVar("T")
@@ -123,6 +127,75 @@ class SlurmConfig(StrictModel):
         if not _WALLTIME.match(v):
             raise ValueError(f"walltime {v!r} must look like 'HH:MM:SS', 'MM:SS', 'MM' or 'D-HH:MM:SS'")
         return v
+
+
+#: Jobs of at most this many voxels (all time points together) run on threads under the local
+#: default: starting worker processes costs more than it saves. ``benchmarks/bench_small_jobs.py``
+#: (README, "Small jobs"): on 2 cores threads won at every size measured, up to this one (2**27 =
+#: 8x64x512x512 voxels, 32.0 s against 53.6 s); above it the memory-bounded process cluster is kept.
+SMALL_JOB_VOXELS = 2**27
+
+#: Set by :func:`configure_logging` (the CLI): announce each cluster started by :func:`get_client`.
+_ANNOUNCE = False
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """Quiet by default, loud on request: the CLI's logging set-up.
+
+    ``verbosity`` 0 shows warnings and errors only: ``distributed``'s INFO lines are silenced in this
+    process and, through ``DASK_LOGGING__DISTRIBUTED``, in worker processes it starts; TensorFlow's
+    C++ INFO lines (oneDNN notices) through ``TF_CPP_MIN_LOG_LEVEL=1``. 1 (``-v``) shows INFO and
+    leaves the libraries alone; 2 (``-vv``) DEBUG. Environment variables already set win. Each
+    cluster :func:`get_client` starts is announced in one line on stderr (with the dashboard address).
+    """
+    global _ANNOUNCE
+    level = logging.WARNING - 10 * min(max(int(verbosity), 0), 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _ANNOUNCE = True
+    if verbosity > 0:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker",
+                 "distributed.core", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if "dask" in sys.modules:  # read at import; set it here too for a dask imported earlier
+        import dask
+
+        dask.config.set({"logging.distributed": "warning"})
+
+
+def for_job_size(config: ClusterConfig, voxels: int, *, threshold: int = SMALL_JOB_VOXELS) -> ClusterConfig:
+    """The local default switched to threads for a small job.
+
+    Only a config left at ``kind="local"`` with ``n_workers`` unset (and no ``VOLLSEG_N_WORKERS``) is
+    changed: up to ``threshold`` voxels it becomes ``kind="threads"`` with the machine's worker
+    count. Anything the user chose (a worker count, a scheduler, SLURM) is kept.
+    ``VOLLSEG_SMALL_JOB_VOXELS`` replaces ``threshold`` (0: never threads for a non-empty job).
+    """
+    env_t = env_override("SMALL_JOB_VOXELS")
+    if env_t is not None and env_t.strip():
+        try:
+            threshold = int(env_t)
+        except ValueError:
+            raise ConfigError(f"VOLLSEG_SMALL_JOB_VOXELS={env_t!r} must be an integer") from None
+    env_n = env_override("N_WORKERS")
+    if (config.kind != "local" or config.n_workers is not None or not config.processes
+            or (env_n is not None and env_n.strip()) or int(voxels) > threshold):
+        return config
+    return config.model_copy(update={"kind": "threads"})
+
+
+def _announce(client: Client, cfg: ClusterConfig) -> None:
+    if not _ANNOUNCE:
+        return
+    try:
+        n = len(client.scheduler_info().get("workers", {}))
+    except Exception:  # pragma: no cover - a scheduler that does not answer yet
+        n = cfg.n_workers or 0
+    where = {"local": "local cluster", "slurm": "SLURM cluster", "address": f"scheduler {cfg.address}"}[cfg.kind]
+    dash = client.dashboard_link if cfg.dashboard or cfg.kind == "address" else "off (cluster.dashboard: true)"
+    print(f"dask: {where}, {n} worker(s); dashboard {dash}", file=sys.stderr, flush=True)
 
 
 def default_n_workers() -> int:
@@ -382,6 +455,7 @@ def get_client(spec: ClusterConfig | Client | str | dict | Any | None = None) ->
         return
     if cfg.kind == "address":
         client = distributed.Client(cfg.address, timeout=cfg.timeout, set_as_default=True)
+        _announce(client, cfg)
         try:
             yield client
         finally:
@@ -409,6 +483,7 @@ def get_client(spec: ClusterConfig | Client | str | dict | Any | None = None) ->
             cluster.scale(jobs=cfg.slurm.n_jobs)
     try:
         client = distributed.Client(cluster, set_as_default=True)
+        _announce(client, cfg)
         try:
             yield client
         finally:

@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "Compare predicted labels with ground truth (IoU matching, F1, AP...)."),
     "measure": ("measure", "Per-cell attribute table (Parquet) from a labels group."),
     "track": ("track", "Track cells with TrackMate's LAP tracker, out of core."),
-    "export": ("export", "Export tracks as TrackMate XML, CTC or napari data."),
+    "export": ("export", "Export tracks as TrackMate XML, CTC, napari data or GEFF."),
     "train": ("train", "Train StarDist3D, U-Net and Noise2Void from a config."),
     "optimize-thresholds": ("optimize_thresholds", "Choose StarDist probability/NMS thresholds."),
     "analyze": ("analyze", "Track analysis: distance to boundary, oscillations, divisions."),
@@ -61,11 +61,14 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="vollseg-dask")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """vollseg-dask: chunked VollSeg segmentation and LAP tracking of 3D+t microscopy."""
-    import logging
+    """vollseg-dask: chunked VollSeg segmentation and LAP tracking of 3D+t microscopy.
 
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Quiet by default (warnings, progress bars and one line per Dask cluster started); -v shows the
+    libraries' INFO logs (Dask, TensorFlow), -vv debug.
+    """
+    from vollseg_dask.runtime import configure_logging
+
+    configure_logging(verbose)
 
 
 def run() -> None:  # pragma: no cover - console-script entry point

@@ -9,7 +9,9 @@ import click
 from vollseg_dask.config_registry import CONFIG_MODELS
 
 
-@click.command("create-config", help="Write the default configuration of KIND to OUT (.yaml/.yml/.toml).")
+@click.command("create-config", help="Write the default configuration of KIND to OUT (.yaml/.yml/.toml): every "
+               "key with its description as a comment; keys without a default are present as null (YAML) or "
+               "listed commented (TOML).")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--kind",
@@ -20,12 +22,12 @@ from vollseg_dask.config_registry import CONFIG_MODELS
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def command(out: Path, kind: str, overwrite: bool) -> None:
-    from vollseg_dask.config import save_config
+    from vollseg_dask.config import write_config_template
     from vollseg_dask.config_registry import config_model
     from vollseg_dask.errors import StoreExistsError
 
     if out.exists() and not overwrite:
         raise StoreExistsError(f"{out} exists; pass --overwrite to replace it")
     model = config_model(kind)()
-    save_config(model, out)
+    write_config_template(model, out)
     click.echo(f"wrote default {kind} configuration to {out}")

@@ -22,6 +22,19 @@ def _ints(text: str | None, what: str, n: int | None = None) -> list[int] | None
     return values
 
 
+def _job_voxels(store: Path, labels: str) -> int:
+    """Voxels of the labels group to measure (all time points); 0 when it cannot be opened here."""
+    import math
+
+    from vollseg_dask.errors import VollSegError
+    from vollseg_dask.io.omezarr import open_labels
+
+    try:
+        return math.prod(open_labels(store, labels, 0).shape)
+    except (VollSegError, OSError, ValueError, KeyError):
+        return 0  # measure_cells reports the problem
+
+
 @click.command("measure")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--labels", "labels", default=None, help="Labels group to measure [default: config or 'cells'].")
@@ -39,7 +52,8 @@ def _ints(text: str | None, what: str, n: int | None = None) -> list[int] | None
 @click.option("--threshold", type=float, default=None, help="Threshold of the automatic tissue mask [Otsu].")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="YAML/TOML file with a MeasureConfig (options given here override it).")
-@click.option("--workers", type=int, default=None, help="Local Dask workers [sized to the machine].")
+@click.option("--workers", type=int, default=None,
+              help="Local Dask worker processes [sized to the machine; threads up to 2**27 voxels].")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler to use instead.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing table (and an automatic tissue mask).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
@@ -53,7 +67,7 @@ def command(store: Path, labels: str | None, out: Path, tissue_mask: str | None,
     """
     from vollseg_dask.config import load_config
     from vollseg_dask.measure import MeasureConfig, measure_cells
-    from vollseg_dask.runtime import ClusterConfig, get_client
+    from vollseg_dask.runtime import ClusterConfig, for_job_size, get_client
 
     cfg = load_config(MeasureConfig, config_path) if config_path is not None else MeasureConfig()
     if sigma_um is not None:
@@ -65,6 +79,8 @@ def command(store: Path, labels: str | None, out: Path, tissue_mask: str | None,
         chans = [] if channels.strip().lower() == "none" else _ints(channels, "--channels")
     spec: ClusterConfig | str
     spec = scheduler if scheduler else ClusterConfig(n_workers=workers)
+    if isinstance(spec, ClusterConfig):  # a small job runs on threads: no process cluster to start
+        spec = for_job_size(spec, _job_voxels(store, labels or cfg.labels))
     with get_client(spec):
         result = measure_cells(
             store, out,

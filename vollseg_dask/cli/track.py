@@ -20,16 +20,24 @@ import click
     default=None,
     help="Tracker settings (.yaml/.toml). Default: the XML's own tracker settings, else TrackMate's defaults.",
 )
+@click.option("--frame-interval", type=float, default=None,
+              help="Time between frames; overrides the config and the source image's calibration.")
+@click.option("--time-unit", default=None,
+              help="Unit of the frame interval (sec, min, h...); overrides the config and the source image's.")
 @click.option("--overwrite", is_flag=True, help="Replace TRACKS_DIR if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(
-    table: Path, out_dir: Path, config_path: Path | None, overwrite: bool, as_json: bool, no_progress: bool
+    table: Path, out_dir: Path, config_path: Path | None, frame_interval: float | None, time_unit: str | None,
+    overwrite: bool, as_json: bool, no_progress: bool
 ) -> None:
     """Track the spots of TABLE into the track store --out.
 
-    TABLE is a Parquet dataset partitioned by t (TABLE/t=<int>/*.parquet, e.g. a cell table), a
-    CSV of spots (t or FRAME, x/y/z or POSITION_X/Y/Z), a Parquet file, or a TrackMate XML.
+    TABLE is a Parquet dataset partitioned by t (a cell table written by `measure`), a CSV of
+    spots (t or FRAME, x/y/z or POSITION_X/Y/Z), a Parquet file, a TrackMate XML or a GEFF.
+    Units (frame interval, time and space units) come from the image the spots were measured on
+    (a cell table's store, the XML's ImageData, the GEFF's axes) unless the config or
+    --frame-interval/--time-unit set them.
     """
     from vollseg_dask.config import load_config
     from vollseg_dask.io.spot_source import open_spots
@@ -42,6 +50,15 @@ def command(
         config = TrackerConfig.from_trackmate(xml_settings)
     else:
         config = TrackerConfig()
+    update: dict[str, object] = {}
+    if frame_interval is not None:
+        update["frame_interval"] = frame_interval
+    if time_unit is not None:
+        from vollseg_dask.io.trackmate_xml import normalize_time_units
+
+        update["time_units"] = normalize_time_units(time_unit)
+    if update:  # set values win over the source's calibration (tracking.driver.with_calibration)
+        config = TrackerConfig.model_validate({**config.model_dump(), **update})
     result = track(source, out_dir, config, overwrite=overwrite, progress=not no_progress)
     summary = {
         "out": str(result.path),
@@ -53,6 +70,9 @@ def command(
         "tracks": result.n_tracks,
         "dividing_tracks": result.n_dividing_tracks,
         "tracklets": result.n_tracklets,
+        "frame_interval": result.config.frame_interval,
+        "time_units": result.config.time_units,
+        "spatial_units": result.config.spatial_units,
         "removed_branches": result.n_removed_branches,
         "segment_lap": {k: v for k, v in result.segment_report.items()},
         "seconds": {k: round(v, 3) for k, v in result.timings.items()},

@@ -2,19 +2,24 @@
 
 Layout::
 
-    TABLE_DIR/_manifest.json          what produced the table (store, labels, voxel size, config)
-    TABLE_DIR/t=0/part-0.parquet      one row per (t, label), sorted by label
-    TABLE_DIR/t=0/_SUCCESS            done-marker (JSON: rows, bytes, sha256 of the part file)
-    TABLE_DIR/t=1/...
+    TABLE_DIR/_manifest.json               what produced the table (store, labels, voxel size, config,
+                                           and the image's calibration under "image")
+    TABLE_DIR/t_000000/part-0.parquet      one row per (t, label), sorted by label; column t int64
+    TABLE_DIR/t_000000/_SUCCESS            done-marker (JSON: rows, bytes, sha256 of the part file)
+    TABLE_DIR/t_000001/...
 
-Every time point is written into a hidden folder (``.t=5.tmp-<uuid>``) holding the part
-file and its marker, which is then renamed to ``t=5``: a reader never sees a half-written
-time point, and a re-run skips every ``t=*`` folder that has its marker. Files and folders
+Every time point is written into a hidden folder (``.t_000005.tmp-<uuid>``) holding the part
+file and its marker, which is then renamed to ``t_000005``: a reader never sees a half-written
+time point, and a re-run skips every partition folder that has its marker. Files and folders
 starting with ``.`` or ``_`` are ignored by pyarrow's dataset discovery.
 
-``t`` lives in the folder name only (hive partitioning), never inside the part files, so
-that generic readers (``pandas.read_parquet(TABLE_DIR)``) do not meet two conflicting
-``t`` columns; :func:`read_cell_table` returns it as ``int64``.
+``t`` is a column of every part file (int64), and the partition folders are deliberately *not*
+hive-named (``t=5``): pyarrow (and so ``pandas.read_parquet(TABLE_DIR)``) turns a hive key into a
+categorical column and refuses a file column of the same name, so a hive layout cannot give plain
+readers an integer ``t``. With this layout ``pandas.read_parquet(TABLE_DIR)`` returns ``t`` as
+``int64`` (zero-padded names keep the rows in time order). Tables written before (``t=5`` folders,
+no ``t`` in the files) are still read by :func:`read_cell_table` and by
+:class:`vollseg_dask.io.spot_source.ParquetSpots`.
 
 The schema is fixed by :func:`cell_table_schema` (it depends only on the channel count).
 """
@@ -44,6 +49,8 @@ __all__ = [
     "empty_cell_table",
     "init_table_dir",
     "done_times",
+    "partition_name",
+    "partition_time",
     "write_time_point",
     "read_cell_table",
     "to_btrackmate",
@@ -205,19 +212,37 @@ def init_table_dir(path: str | os.PathLike[str], manifest: Mapping[str, Any], *,
     return root
 
 
+def partition_name(t: int) -> str:
+    """Folder name of time point ``t``'s partition (``t_000005``)."""
+    return f"t_{int(t):06d}"
+
+
+def partition_time(name: str) -> int | None:
+    """Time point of a partition folder name: ``t_000005`` or the older hive ``t=5``; else None."""
+    for prefix in ("t_", "t="):
+        if name.startswith(prefix):
+            try:
+                return int(name[len(prefix):])
+            except ValueError:
+                return None
+    return None
+
+
+def _partitions(root: Path) -> dict[int, Path]:
+    out: dict[int, Path] = {}
+    for d in sorted(root.iterdir()):
+        t = partition_time(d.name)
+        if t is not None and d.is_dir() and (d / MARKER).is_file():
+            out[t] = d
+    return out
+
+
 def done_times(path: str | os.PathLike[str]) -> set[int]:
     """Time points whose partition is complete (has its done-marker)."""
     root = Path(path)
     if not root.is_dir():
         return set()
-    out = set()
-    for d in root.iterdir():
-        if d.is_dir() and d.name.startswith("t=") and (d / MARKER).is_file():
-            try:
-                out.add(int(d.name[2:]))
-            except ValueError:
-                continue
-    return out
+    return set(_partitions(root))
 
 
 def _frame_to_arrow(df: pd.DataFrame, n_channels: int):
@@ -264,8 +289,9 @@ def write_time_point(path: str | os.PathLike[str], t: int, frame: pd.DataFrame, 
     Returns
     -------
     Path
-        The partition folder ``path/t=<t>``.
+        The partition folder ``path/t_<t, 6 digits>`` (:func:`partition_name`).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     root = Path(path)
@@ -275,8 +301,10 @@ def write_time_point(path: str | os.PathLike[str], t: int, frame: pd.DataFrame, 
         raise ConfigError(f"time index must be a non-negative int, got {t!r}")
     t = int(t)
     table = _frame_to_arrow(frame.sort_values("label", kind="stable"), n_channels)
-    final = root / f"t={t}"
-    tmp = root / f".t={t}.tmp-{uuid.uuid4().hex}"
+    table = table.add_column(0, pa.field("t", pa.int64(), nullable=False), [pa.array(np.full(table.num_rows, t, np.int64))])
+    name = partition_name(t)
+    final = root / name
+    tmp = root / f".{name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         part = tmp / PART
@@ -287,7 +315,7 @@ def write_time_point(path: str | os.PathLike[str], t: int, frame: pd.DataFrame, 
         (tmp / MARKER).write_text(json.dumps(marker, sort_keys=True), encoding="utf-8")
         if final.exists():
             # A stale partition (no marker, or being replaced): move it aside, then swap.
-            old = root / f".t={t}.old-{uuid.uuid4().hex}"
+            old = root / f".{name}.old-{uuid.uuid4().hex}"
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -331,11 +359,18 @@ def read_cell_table(path: str | os.PathLike[str], t: int | Iterable[int] | None 
         empty = empty_cell_table(n_channels)
         empty.insert(0, "t", np.zeros(0, np.int64))
         return empty if columns is None else empty[["t", "label", *[c for c in columns if c not in ("t", "label")]]]
-    files = [str(root / f"t={v}" / PART) for v in done]
-    part = ds.partitioning(pa.schema([("t", pa.int64())]), flavor="hive")
-    dataset = ds.dataset(files, schema=schema, format="parquet", partitioning=part, partition_base_dir=str(root))
+    parts = _partitions(root)
     cols = None if columns is None else ["t", "label", *[c for c in columns if c not in ("t", "label")]]
-    df = dataset.to_table(columns=cols).to_pandas()
+    new = [str(parts[v] / PART) for v in done if not parts[v].name.startswith("t=")]
+    old = [str(parts[v] / PART) for v in done if parts[v].name.startswith("t=")]
+    tables = []
+    if new:
+        tables.append(ds.dataset(new, schema=schema, format="parquet").to_table(columns=cols))
+    if old:  # tables written before t was a file column: t from the hive folder name
+        part = ds.partitioning(pa.schema([("t", pa.int64())]), flavor="hive")
+        tables.append(ds.dataset(old, schema=schema, format="parquet", partitioning=part,
+                                 partition_base_dir=str(root)).to_table(columns=cols))
+    df = pa.concat_tables(tables).to_pandas()
     return df.sort_values(["t", "label"], kind="stable").reset_index(drop=True)
 
 

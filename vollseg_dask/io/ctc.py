@@ -428,7 +428,8 @@ def write_ctc(
         Segmentation labels ``(t, z, y, x)`` or ``(t, y, x)`` (NumPy or Dask; read one frame, and
         within a frame one z-slab, at a time). Each spot's ``label`` names its object in frame
         ``t``. When given, ``mask000.tif``… are written for every frame of ``labels``, relabelled
-        to the CTC track labels (objects of no spot become background).
+        to the CTC track labels (objects of no spot become background), with the image's pixel
+        size (``data.image``) as their TIFF resolution.
     include_unlinked : bool
         Write spots without tracklet as one-frame tracks.
     overwrite : bool
@@ -479,7 +480,7 @@ def write_ctc(
             for r in tracks.itertuples(index=False):
                 fh.write(f"{r.label} {r.begin} {r.end} {r.parent}\n")
         if labels is not None:
-            _write_masks(tmp, labels, spot_labels, n_frames, mask_prefix, len(tracks))
+            _write_masks(tmp, labels, spot_labels, n_frames, mask_prefix, len(tracks), _tiff_calibration(data))
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)
@@ -493,8 +494,16 @@ def write_ctc(
     return out
 
 
+def _tiff_calibration(data: TrackData) -> dict[str, Any]:
+    """The image's pixel size, when the tracks know it, as TIFF resolution tags (pixels per cm)."""
+    vs = (data.image or {}).get("voxel_size")
+    if not vs or data.spatial_units != "µm":
+        return {}
+    return {"resolution": (1e4 / float(vs[-1]), 1e4 / float(vs[-2])), "resolutionunit": "CENTIMETER"}
+
+
 def _write_masks(folder: Path, labels: Any, spot_labels: pd.DataFrame, n_frames: int, prefix: str,
-                 n_tracks: int) -> None:
+                 n_tracks: int, calib: dict[str, Any]) -> None:
     import tifffile
 
     dtype = np.dtype(np.uint16 if n_tracks <= np.iinfo(np.uint16).max else np.uint32)
@@ -519,7 +528,7 @@ def _write_masks(folder: Path, labels: Any, spot_labels: pd.DataFrame, n_frames:
             block = np.asarray(labels[t]).astype(np.int64, copy=False)
             img, cnt = _relabel(block, keys, vals, dtype)
             found += cnt if len(cnt) else 0
-            tifffile.imwrite(path, img, photometric="minisblack")
+            tifffile.imwrite(path, img, photometric="minisblack", **calib)
         else:
             counts: list[np.ndarray] = []
 
@@ -531,7 +540,7 @@ def _write_masks(folder: Path, labels: Any, spot_labels: pd.DataFrame, n_frames:
                     counts.append(cnt)
                     yield from img
 
-            tifffile.imwrite(path, data=planes(), shape=frame_shape, dtype=dtype, photometric="minisblack")
+            tifffile.imwrite(path, data=planes(), shape=frame_shape, dtype=dtype, photometric="minisblack", **calib)
             for cnt in counts:
                 if len(cnt):
                     found += cnt

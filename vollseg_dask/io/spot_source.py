@@ -4,10 +4,15 @@ A *spot source* lists the frames of a spot table and returns the rows of one fra
 that the tracker never holds more than a window of frames. Sources:
 
 - :class:`DataFrameSpots` — an in-memory pandas table (column ``t``);
-- :class:`ParquetSpots` — a Parquet dataset partitioned by ``t`` (hive: ``DIR/t=<int>/*.parquet``;
-  files and folders starting with ``.`` or ``_`` are ignored), e.g. the cell table of
-  :mod:`vollseg_dask.io.cell_table`; only the requested frame's files are read;
-- :func:`open_spots` — also a single ``.parquet`` file, a CSV of spots, or a TrackMate XML.
+- :class:`ParquetSpots` — a Parquet dataset partitioned by ``t`` (``DIR/t_<int>/*.parquet`` as the
+  cell table of :mod:`vollseg_dask.io.cell_table` writes it, or hive ``DIR/t=<int>/*.parquet``;
+  files and folders starting with ``.`` or ``_`` are ignored); only the requested frame's files
+  are read;
+- :func:`open_spots` — also a single ``.parquet`` file, a CSV of spots, a TrackMate XML or a GEFF.
+
+A source may carry ``image``: the calibration of the image the spots came from
+(:mod:`vollseg_dask.io.calibration`; from a cell table's manifest, a TrackMate XML's ``ImageData``
+or a GEFF's axes), which :func:`vollseg_dask.tracking.track` uses for units when its config sets none.
 
 Column names are normalised by :func:`normalize_spot_columns`: ``FRAME``/``frame`` become ``t``,
 ``POSITION_X/Y/Z`` (TrackMate) or ``centroid_{x,y,z}_um`` (cell table) become ``x``, ``y``,
@@ -108,6 +113,7 @@ class DataFrameSpots:
         uniq, first = np.unique(t[order], return_index=True)
         bounds = np.r_[first, t.size]
         self._rows = {int(f): order[bounds[i] : bounds[i + 1]] for i, f in enumerate(uniq)}
+        self.image: dict[str, Any] | None = None
 
     @property
     def frames(self) -> list[int]:
@@ -131,20 +137,25 @@ def _visible(p: Path) -> bool:
 
 
 class ParquetSpots:
-    """A spot source over a Parquet dataset partitioned by ``t`` (``DIR/t=<int>/*.parquet``)."""
+    """A spot source over a Parquet dataset partitioned by ``t`` (``DIR/t_<int>/`` or ``DIR/t=<int>/``).
+
+    ``image`` is the calibration recorded in a cell table's ``_manifest.json`` (for tables written
+    before it was recorded, read from the store the manifest names), else None.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        from vollseg_dask.io.cell_table import partition_time
+
         root = Path(path)
         if not root.is_dir():
             raise StoreNotFoundError(f"spot dataset not found: {root}")
         parts: dict[int, list[Path]] = {}
         for d in sorted(root.iterdir()):
-            if not (d.is_dir() and _visible(d) and d.name.startswith("t=")):
+            if not (d.is_dir() and _visible(d) and d.name.startswith(("t=", "t_"))):
                 continue
-            try:
-                t = int(d.name[2:])
-            except ValueError:
-                raise InvalidDataError(f"partition folder {d} is not named t=<integer>") from None
+            t = partition_time(d.name)
+            if t is None:
+                raise InvalidDataError(f"partition folder {d} is not named t_<integer> or t=<integer>")
             files = sorted(f for f in d.iterdir() if f.is_file() and _visible(f) and f.suffix == ".parquet")
             if files:
                 parts[t] = files
@@ -152,6 +163,7 @@ class ParquetSpots:
             raise StoreNotFoundError(f"{root} holds no t=<int>/*.parquet partitions")
         self.root = root
         self._parts = parts
+        self.image = _manifest_calibration(root)
 
     @property
     def frames(self) -> list[int]:
@@ -183,6 +195,25 @@ class ParquetSpots:
         return df if columns is None else df.loc[:, list(columns)]
 
 
+def _manifest_calibration(root: Path) -> dict[str, Any] | None:
+    import json
+
+    mpath = root / "_manifest.json"
+    if not mpath.is_file():
+        return None
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(manifest.get("image"), dict):
+        return manifest["image"]
+    if manifest.get("store"):
+        from vollseg_dask.io.calibration import read_calibration
+
+        return read_calibration(manifest["store"], manifest.get("labels"))
+    return None
+
+
 def read_spot_table(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read a CSV, single Parquet file or TrackMate XML of spots into memory.
 
@@ -207,7 +238,7 @@ def read_spot_table(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[st
     elif suffix == ".parquet":
         df = pd.read_parquet(p)
     elif suffix == ".xml":
-        df, settings = _read_xml_spots(p)
+        df, settings, _ = _read_xml_spots(p)
     else:
         raise InvalidDataError(f"cannot read spots from {p}: expected a folder, .csv, .parquet or .xml")
     return normalize_spot_columns(df), settings
@@ -221,23 +252,31 @@ def _is_number(v: Any) -> bool:
     return True
 
 
-def _read_xml_spots(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    try:
-        from vollseg_dask.io.trackmate_xml import read_trackmate_xml
-    except ImportError:  # pragma: no cover - the full reader ships with the package
-        from vollseg_dask.tracking._fixtures import read_trackmate_minimal
+def _read_xml_spots(path: Path) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any] | None]:
+    from vollseg_dask.io.trackmate_xml import read_trackmate_xml
 
-        tm = read_trackmate_minimal(path)
-        return tm.spots, tm.settings
     data = read_trackmate_xml(path)
     spots = data.spots
     if data.ndim == 2 and "z" in spots.columns:
         spots = spots.drop(columns="z")  # a 2D movie: TrackMate writes z = 0
     if "VISIBILITY" in spots.columns:
         spots = spots[spots["VISIBILITY"].fillna(1) != 0]
+    img = data.image_data
+    calibration = None
+    if img:
+        calibration = {
+            "store": str(Path(str(img.get("folder", ""))) / str(img.get("filename", ""))) if img.get("filename") else None,
+            "labels": None,
+            "shape": {a: int(img[k]) for a, k in (("t", "nframes"), ("z", "nslices"), ("y", "height"), ("x", "width"))
+                      if k in img},
+            "voxel_size": [float(img.get(k, 1.0)) for k in ("voxeldepth", "pixelheight", "pixelwidth")],
+            "spatial_unit": data.spatial_units,
+            "frame_interval": float(data.frame_interval),
+            "time_unit": data.time_units,
+        }
     return spots.drop(columns=[c for c in ("name",) if c in spots.columns]), dict(
         data.settings.get("tracker_settings", {})
-    )
+    ), calibration
 
 
 def open_spots(obj: pd.DataFrame | str | os.PathLike[str]) -> tuple[SpotSource, dict[str, Any]]:
@@ -252,7 +291,21 @@ def open_spots(obj: pd.DataFrame | str | os.PathLike[str]) -> tuple[SpotSource, 
     if isinstance(obj, pd.DataFrame):
         return DataFrameSpots(obj), {}
     p = Path(obj)
+    from vollseg_dask.io.geff import is_geff
+
+    if is_geff(p):
+        from vollseg_dask.io.geff import read_geff
+
+        g = read_geff(p)
+        src = DataFrameSpots(g.spots)
+        src.image = g.image
+        return src, {}
     if p.is_dir():
         return ParquetSpots(p), {}
+    if p.suffix.lower() == ".xml" and p.is_file():
+        df, settings, calibration = _read_xml_spots(p)
+        src = DataFrameSpots(normalize_spot_columns(df))
+        src.image = calibration
+        return src, settings
     df, settings = read_spot_table(p)
     return DataFrameSpots(df), settings

@@ -56,6 +56,7 @@ __all__ = [
     "read_trackmate_xml",
     "write_trackmate_xml",
     "normalize_spatial_units",
+    "image_data_from_calibration",
     "normalize_time_units",
     "tracker_settings_from_config",
     "spot_feature_key",
@@ -928,7 +929,10 @@ def write_trackmate_xml(
     image_data : mapping, optional
         ``Settings/ImageData`` attributes (``filename``, ``folder``, ``width``, ``height``,
         ``nslices``, ``nframes``, ``pixelwidth``, ``pixelheight``, ``voxeldepth``,
-        ``timeinterval``); missing ones are derived from the spots (extent, frames, frame interval).
+        ``timeinterval``). Default: the image's own dimensions and calibration from
+        ``data.image`` (:func:`image_data_from_calibration`), with no file name (Fiji then opens
+        the tracks on an empty image of that size) and the OME-Zarr's location in ``<Log>``;
+        missing ones are derived from the spots (extent, frames, frame interval).
     tracker_settings : mapping, optional
         TrackMate tracker keys (``LINKING_MAX_DISTANCE``, ``MAX_FRAME_GAP``,
         ``ALLOW_TRACK_SPLITTING``, ``LINKING_FEATURE_PENALTIES`` = {feature: weight} ...). Default:
@@ -1046,7 +1050,13 @@ def write_trackmate_xml(
     )
 
     # -- image data -------------------------------------------------------------------------
-    img = _image_data(image_data, xyz, tt, fi, data.ndim)
+    cal_image = image_data_from_calibration(data.image, fi) if data.image else {}
+    img = _image_data({**cal_image, **dict(image_data or {})}, xyz, tt, fi, data.ndim)
+    source_note = ""
+    if data.image and data.image.get("store"):
+        source_note = (f"Image: OME-Zarr {data.image['store']}"
+                       + (" (Fiji cannot open OME-Zarr: ImageData names no file unless a TIFF was exported).\n"
+                          if not img["filename"] else ".\n"))
 
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1061,7 +1071,7 @@ def write_trackmate_xml(
                 lg = etree.Element("Log")
                 lg.text = (f"Written by vollseg-dask {vollseg_dask.__version__} "
                            f"(TrackMate XML file format {TRACKMATE_FORMAT_VERSION}).\n"
-                           f"{n} spots, {len(edges)} edges, {len(track_df)} tracks.\n")
+                           f"{n} spots, {len(edges)} edges, {len(track_df)} tracks.\n{source_note}")
                 xf.write(lg)
                 xf.write("\n  ")
                 with xf.element("Model", {"spatialunits": s_units, "timeunits": t_units}):
@@ -1198,6 +1208,28 @@ def _track_features(track_of_spot: np.ndarray, tt: np.ndarray, xyz: np.ndarray, 
     df["TRACK_STD_SPEED"] = eg["speed"].std(ddof=1).reindex(ids).to_numpy()
     df["TOTAL_DISTANCE_TRAVELED"] = eg["disp"].sum().reindex(ids).fillna(0.0).to_numpy()
     return df
+
+
+def image_data_from_calibration(calibration: Mapping[str, Any], frame_interval: float | None = None) -> dict[str, Any]:
+    """``ImageData`` attributes of an image calibration (:mod:`vollseg_dask.io.calibration`).
+
+    Dimensions from ``shape`` (``x`` → ``width``, ``y`` → ``height``, ``z`` → ``nslices``, ``t`` →
+    ``nframes``), pixel sizes from ``voxel_size`` (z, y, x), ``timeinterval`` from
+    ``frame_interval`` (argument, else the calibration's). No ``filename``/``folder``: an OME-Zarr
+    is not a file Fiji opens.
+    """
+    out: dict[str, Any] = {}
+    shape = dict(calibration.get("shape") or {})
+    for axis, key in (("x", "width"), ("y", "height"), ("z", "nslices"), ("t", "nframes")):
+        if axis in shape:
+            out[key] = int(shape[axis])
+    vs = calibration.get("voxel_size")
+    if vs:
+        out["voxeldepth"], out["pixelheight"], out["pixelwidth"] = (float(v) for v in vs)
+    fi = frame_interval if frame_interval is not None else calibration.get("frame_interval")
+    if fi:
+        out["timeinterval"] = float(fi)
+    return out
 
 
 def _image_data(given: Mapping[str, Any] | None, xyz: np.ndarray, tt: np.ndarray, fi: float, ndim: int) -> dict[str, Any]:

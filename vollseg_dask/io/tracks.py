@@ -8,6 +8,8 @@ A tracking run writes one folder::
         tracks.parquet       one row per track (connected lineage), see ``TRACK_COLUMNS``
         tracklets.parquet    one row per division-free branch, see ``TRACKLET_COLUMNS``
         tracker_config.yaml  the tracker's settings
+        image.json           calibration of the image the spots came from (store, labels, shape,
+                             voxel size, frame interval, units), when known
 
 Spot rows hold ``spot_id`` (int64), ``t`` (int32, frame index), ``x``, ``y``, ``z`` (float64, in
 ``spatial_units``, normally µm), ``label`` (int64 segmentation label in frame ``t``, -1 unknown),
@@ -112,6 +114,7 @@ _EDGES = "edges.parquet"
 _TRACKS = "tracks.parquet"
 _TRACKLETS = "tracklets.parquet"
 _CONFIG = "tracker_config.yaml"
+_IMAGE = "image.json"
 _DEFAULT_FILL = {"label": -1, "track_id": -1, "tracklet_id": -1}
 
 
@@ -250,6 +253,10 @@ class TrackData:
         The tracker's settings as written to ``tracker_config.yaml``.
     spots_path : pathlib.Path or None
         ``spots/`` dataset of lazily opened data.
+    image : dict or None
+        Calibration of the image the spots came from (:func:`vollseg_dask.io.calibration.image_calibration`): ``store``,
+        ``labels``, ``shape`` {axis: size}, ``voxel_size`` (z, y, x) in ``spatial_unit``,
+        ``frame_interval`` in ``time_unit``. None when unknown (e.g. spots from a CSV).
     """
 
     spots: pd.DataFrame | None
@@ -262,6 +269,7 @@ class TrackData:
     ndim: int = 3
     tracker_config: dict[str, Any] | None = None
     spots_path: Path | None = None
+    image: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.spots is None and self.spots_path is None:
@@ -686,6 +694,10 @@ class TracksWriter:
         Replace an existing folder; otherwise an existing ``path`` raises :class:`StoreExistsError`.
     spatial_units, time_units, frame_interval, ndim
         Stored as metadata in every Parquet file.
+    image : dict, optional
+        Calibration of the source image (:attr:`TrackData.image`), written to ``image.json`` (its
+        own file: it names the store and labels group, provenance that the result tables do not
+        depend on).
 
     Edges are written either whole (:meth:`write_edges`) or streamed in pieces
     (:meth:`write_edges_chunk`, one Parquet row group per piece), never both; a writer that got
@@ -708,6 +720,7 @@ class TracksWriter:
         time_units: str = "sec",
         frame_interval: float = 1.0,
         ndim: int = 3,
+        image: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
@@ -717,6 +730,7 @@ class TracksWriter:
             "frame_interval": float(frame_interval),
             "ndim": int(ndim),
         }
+        self.image = json.loads(json.dumps(dict(image), default=str)) if image else None
         self._tmp: Path | None = None
         self._frames: set[int] = set()
         self._has_edges = False
@@ -745,6 +759,9 @@ class TracksWriter:
             return
         if not self._has_edges:
             self.write_edges(None)
+        if self.image:
+            (self._tmp / _IMAGE).write_text(json.dumps(self.image, indent=1, sort_keys=True, ensure_ascii=False),
+                                            encoding="utf-8")
         _commit_dir(self._tmp, self.path, self.overwrite)
 
     def _close_edge_stream(self) -> None:
@@ -928,6 +945,7 @@ def write_tracks(path: str | os.PathLike[str], data: TrackData, *, overwrite: bo
         time_units=data.time_units,
         frame_interval=data.frame_interval,
         ndim=data.ndim,
+        image=data.image,
     ) as w:
         for t, frame in data.iter_frames():
             w.write_spots_frame(t, frame)
@@ -994,5 +1012,6 @@ def read_tracks(path: str | os.PathLike[str], *, lazy: bool = False) -> TrackDat
         ndim=int(meta.get("ndim", 3)),
         tracker_config=config,
         spots_path=root / _SPOTS,
+        image=json.loads((root / _IMAGE).read_text(encoding="utf-8")) if (root / _IMAGE).is_file() else None,
     )
     return data if lazy else data.materialize()

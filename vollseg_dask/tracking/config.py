@@ -154,16 +154,19 @@ class TrackerConfig(StrictModel):
     tissue_column: str = Field(
         "inside_tissue", min_length=1, description="Boolean spot column: inside the tissue."
     )
-    frame_interval: float = Field(
-        1.0,
+    frame_interval: float | None = Field(
+        None,
         gt=0,
-        description="Time between frames (time unit of the speeds and durations in tracks.parquet).",
+        description="Time between frames, in time_units (speeds and durations in tracks.parquet). None: the "
+        "frame interval of the image the spots were measured on (cell table, TrackMate ImageData, GEFF axes), "
+        "else 1.",
     )
-    spatial_units: str = Field(
-        "µm", min_length=1, description="Unit of x, y, z (written into the track store)."
+    spatial_units: str | None = Field(
+        None, min_length=1, description="Unit of x, y, z (written into the track store). None: the image's, else µm."
     )
-    time_units: str = Field(
-        "frame", min_length=1, description="Unit of frame_interval (written into the track store)."
+    time_units: str | None = Field(
+        None, min_length=1, description="Unit of frame_interval (written into the track store). None: the "
+        "time unit of the image the spots were measured on, else 'frame'.",
     )
     window_frames: int = Field(
         16,

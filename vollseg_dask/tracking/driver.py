@@ -25,6 +25,7 @@ per-candidate arrays (track fragments, not spots); never the spot or edge table.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -48,7 +49,7 @@ from vollseg_dask.tracking.frames import FrameLinks, link_frames
 from vollseg_dask.tracking.segments import empty_candidates, link_segments, timed_candidates
 from vollseg_dask.tracking.structure import build_lineage, locate_pieces, number_lineage
 
-__all__ = ["TrackingResult", "track", "prepare_frame"]
+__all__ = ["TrackingResult", "track", "prepare_frame", "with_calibration"]
 
 logger = logging.getLogger(__name__)
 
@@ -449,7 +450,10 @@ def track(
         Track store to write (``spots/``, ``edges.parquet``, ``tracks.parquet``,
         ``tracklets.parquet``, ``tracker_config.yaml``), atomically.
     config : TrackerConfig, optional
-        Tracker settings (TrackMate defaults when omitted).
+        Tracker settings (TrackMate defaults when omitted). ``frame_interval``, ``time_units`` and
+        ``spatial_units`` that the config does not set explicitly come from the spots' image
+        calibration when the source has one (a cell table's manifest, a TrackMate XML's
+        ``ImageData``, a GEFF's axes): a store in minutes gives tracks in minutes.
     overwrite : bool
         Replace an existing ``out_dir``.
     progress : bool, optional
@@ -487,6 +491,8 @@ def track(
         from vollseg_dask.errors import StoreExistsError
 
         raise StoreExistsError(f"{out} exists; pass overwrite=True to replace it")
+    calibration = getattr(source, "image", None)
+    config = with_calibration(config, calibration)
     frames = [int(f) for f in source.frames]
     columns = source.columns
     ndim = 3 if "z" in columns else 2
@@ -504,10 +510,34 @@ def track(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
     try:
-        _run(source, frames, ndim, config, out, work, result, progress, overwrite, TracksWriter)
+        _run(source, frames, ndim, config, out, work, result, progress, overwrite,
+             functools.partial(TracksWriter, image=calibration))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def with_calibration(config: TrackerConfig, calibration: dict[str, Any] | None) -> TrackerConfig:
+    """``config`` with its unset units (None) resolved from an image calibration.
+
+    ``frame_interval``, ``time_units`` and ``spatial_units`` the config sets (from a file, the CLI's
+    ``--frame-interval``/``--time-unit`` or keyword arguments) win; None takes the calibration's
+    (:mod:`vollseg_dask.io.calibration`), else 1 frame and µm. A frame interval set without a time
+    unit is taken in the image's time unit (``frame`` when the image names none).
+    Units come out in TrackMate's spelling (``min``, ``sec``, ``µm``).
+    """
+    from vollseg_dask.io.trackmate_xml import normalize_spatial_units, normalize_time_units
+
+    cal = calibration or {}
+    cal_fi = cal.get("frame_interval")
+    fi = config.frame_interval
+    if fi is None:
+        fi = float(cal_fi) if cal_fi else 1.0
+    t_units = config.time_units
+    if t_units is None:
+        t_units = normalize_time_units(cal.get("time_unit")) if cal_fi or config.frame_interval else "frame"
+    s_units = config.spatial_units or normalize_spatial_units(cal.get("spatial_unit") or "µm")
+    return config.model_copy(update={"frame_interval": float(fi), "time_units": t_units, "spatial_units": s_units})
 
 
 def _feats(frame: pd.DataFrame, config: TrackerConfig) -> dict[str, NDArray[np.float64] | None]:
