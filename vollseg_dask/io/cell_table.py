@@ -7,7 +7,7 @@ Layout::
     TABLE_DIR/t=0/_SUCCESS            done-marker (JSON: rows, bytes, sha256 of the part file)
     TABLE_DIR/t=1/...
 
-Every time point is written into a hidden folder (``.t=5.tmp-<uuid>``) holding the part
+Every time point is written into a hidden folder (``.t=5.tmp-<pid>-<uuid8>``, :mod:`vollseg_dask.io.atomic`) holding the part
 file and its marker, which is then renamed to ``t=5``: a reader never sees a half-written
 time point, and a re-run skips every ``t=*`` folder that has its marker. Files and folders
 starting with ``.`` or ``_`` are ignored by pyarrow's dataset discovery.
@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from vollseg_dask.errors import ConfigError, InvalidDataError, StoreExistsError, StoreNotFoundError
+from vollseg_dask.io.atomic import commit_dir, sibling_temp
 
 __all__ = [
     "CELL_TABLE_VERSION",
@@ -43,7 +44,9 @@ __all__ = [
     "cell_table_columns",
     "empty_cell_table",
     "init_table_dir",
+    "check_replaceable",
     "done_times",
+    "time_point_marker",
     "write_time_point",
     "read_cell_table",
     "to_btrackmate",
@@ -205,6 +208,15 @@ def init_table_dir(path: str | os.PathLike[str], manifest: Mapping[str, Any], *,
     return root
 
 
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """Refuse to replace a folder that is not a cell table (so ``--overwrite`` never deletes other data)."""
+    root = Path(path)
+    if root.is_dir() and not ((root / MANIFEST).is_file() or not any(root.iterdir())):
+        raise StoreExistsError(f"{root} exists and is not a cell table: refusing to delete it")
+    if root.exists() and not root.is_dir():
+        raise StoreExistsError(f"{root} exists and is not a folder")
+
+
 def done_times(path: str | os.PathLike[str]) -> set[int]:
     """Time points whose partition is complete (has its done-marker)."""
     root = Path(path)
@@ -218,6 +230,14 @@ def done_times(path: str | os.PathLike[str]) -> set[int]:
             except ValueError:
                 continue
     return out
+
+
+def time_point_marker(path: str | os.PathLike[str], t: int) -> dict[str, Any]:
+    """The done-marker of time point ``t`` (rows, bytes, sha256, what it was measured from); {} if none."""
+    try:
+        return json.loads((Path(path) / f"t={int(t)}" / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _frame_to_arrow(df: pd.DataFrame, n_channels: int):
@@ -276,7 +296,7 @@ def write_time_point(path: str | os.PathLike[str], t: int, frame: pd.DataFrame, 
     t = int(t)
     table = _frame_to_arrow(frame.sort_values("label", kind="stable"), n_channels)
     final = root / f"t={t}"
-    tmp = root / f".t={t}.tmp-{uuid.uuid4().hex}"
+    tmp = sibling_temp(final)
     tmp.mkdir()
     try:
         part = tmp / PART
@@ -285,14 +305,8 @@ def write_time_point(path: str | os.PathLike[str], t: int, frame: pd.DataFrame, 
         marker = {"t": t, "rows": table.num_rows, "bytes": part.stat().st_size, "sha256": digest,
                   **_canonical(extra_marker or {})}
         (tmp / MARKER).write_text(json.dumps(marker, sort_keys=True), encoding="utf-8")
-        if final.exists():
-            # A stale partition (no marker, or being replaced): move it aside, then swap.
-            old = root / f".t={t}.old-{uuid.uuid4().hex}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        # a stale partition (no marker, or being replaced) is moved aside, then swapped
+        commit_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
