@@ -897,7 +897,12 @@ def open_labels(store: str | os.PathLike[str], name: str, level: int = 0) -> Ome
     """
     root = _as_path(store)
     _check_label_name(name)
-    if not (root / "labels" / name).is_dir():
+    lab_dir = root / "labels" / name
+    if not lab_dir.is_dir() and not (root / "labels" / f".{name}.lock").exists():
+        from vollseg_dask.io.atomic import recover_dir
+
+        recover_dir(lab_dir)  # a replacement killed between its two renames, and no writer now
+    if not lab_dir.is_dir():
         if not root.exists():
             raise StoreNotFoundError(f"OME-Zarr store not found: {root}")
         raise StoreNotFoundError(f"labels {name!r} not found in {root}; available: {list_labels(root)}")
