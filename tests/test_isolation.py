@@ -175,6 +175,12 @@ def test_labels_flagged_incomplete_are_refused_by_readers(pristine, tmp_path):
         measure_cells(store, tmp_path / "cells", labels="half")
     with pytest.raises(InvalidDataError, match="incomplete"):
         evaluate_store(store, "half", "ground_truth")
+    from click.testing import CliRunner
+
+    from vollseg_dask.cli import main
+
+    res = CliRunner().invoke(main, ["info", str(store)])
+    assert res.exit_code == 0 and "labels/half: INCOMPLETE" in res.output
 
 
 def test_leftovers_of_a_killed_run_are_swept(pristine, tmp_path):

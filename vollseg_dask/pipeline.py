@@ -44,7 +44,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from vollseg_dask.config import StrictModel
-from vollseg_dask.errors import ConfigError, LockedError, StoreNotFoundError
+from vollseg_dask.errors import ConfigError, StoreNotFoundError
 from vollseg_dask.measure import MeasureConfig
 from vollseg_dask.runtime import ClusterConfig
 from vollseg_dask.segmentation.config import SegmentationConfig

@@ -7,8 +7,8 @@ Layout::
     TABLE_DIR/t=0/_SUCCESS            done-marker (JSON: rows, bytes, sha256 of the part file)
     TABLE_DIR/t=1/...
 
-Every time point is written into a hidden folder (``.t=5.tmp-<pid>-<uuid8>``, :mod:`vollseg_dask.io.atomic`) holding the part
-file and its marker, which is then renamed to ``t=5``: a reader never sees a half-written
+Every time point is written into a hidden folder (``.t=5.tmp-<pid>-<uuid8>``, :mod:`vollseg_dask.io.atomic`)
+holding the part file and its marker, which is then renamed to ``t=5``: a reader never sees a half-written
 time point, and a re-run skips every ``t=*`` folder that has its marker. Files and folders
 starting with ``.`` or ``_`` are ignored by pyarrow's dataset discovery.
 
@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from vollseg_dask.errors import ConfigError, InvalidDataError, StoreExistsError, StoreNotFoundError
-from vollseg_dask.io.atomic import commit_dir, sibling_temp
+from vollseg_dask.io.atomic import atomic_write_text, commit_dir, sibling_temp
 
 __all__ = [
     "CELL_TABLE_VERSION",
@@ -202,9 +201,7 @@ def init_table_dir(path: str | os.PathLike[str], manifest: Mapping[str, Any], *,
         if any(root.iterdir()):
             raise StoreExistsError(f"{root} exists, is not empty and is not a cell table (no {MANIFEST})")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{MANIFEST}.{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(new, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, mpath)
+    atomic_write_text(mpath, json.dumps(new, indent=2, sort_keys=True))
     return root
 
 
@@ -426,7 +423,7 @@ def write_btrackmate_csv(table: str | os.PathLike[str], path: str | os.PathLike[
     dst.parent.mkdir(parents=True, exist_ok=True)
     need = ["centroid_x", "centroid_y", "centroid_z", "volume_voxels", "bbox_z0", "bbox_y0", "bbox_x0",
             "bbox_z1", "bbox_y1", "bbox_x1", "inside_tissue"]
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
+    tmp = sibling_temp(dst)
     rows = 0
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:

@@ -43,7 +43,6 @@ import logging
 import os
 import shutil
 import threading
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -119,9 +118,15 @@ def write_table(path: Path, columns: Mapping[str, np.ndarray], *, list_columns: 
         arrays[k] = pa.FixedSizeListArray.from_arrays(flat, int(v.shape[1]))
     table = pa.table(arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp, row_group_size=65536)
-    os.replace(tmp, path)
+    from vollseg_dask.io.atomic import sibling_temp
+
+    tmp = sibling_temp(path)
+    try:
+        pq.write_table(table, tmp, row_group_size=65536)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _record(path)
 
 
