@@ -144,3 +144,30 @@ def test_every_one_byte_flip_in_a_chunk_we_wrote_is_detected(tmp_path, ngff):
             silent.append(k)
     file.write_bytes(raw)
     assert silent == []
+
+
+def test_image_chunk_deleted_after_the_ingest_check_is_an_error(pristine, tmp_path, monkeypatch, caplog):
+    """Before: every cell at that t got mean intensity 0, no warning."""
+    from vollseg_dask import pipeline
+    from vollseg_dask.io.omezarr import chunk_file
+
+    store = _copy(pristine, tmp_path)
+    img = open_image(store)
+    _, file = chunk_file(zarr.open_array(store=str(store), path=img.path, mode="r"),
+                         (1,) + (0,) * (len(img.axes) - 1))
+    real = pipeline._STAGE_FUNCS["segment"]
+
+    def segment_then_lose_a_chunk(ds, client, resume):
+        n = real(ds, client, resume)
+        file.unlink()  # e.g. a sync tool removing it while the run goes on
+        return n
+
+    monkeypatch.setitem(pipeline._STAGE_FUNCS, "segment", segment_then_lose_a_chunk)
+    report = run(_config(store, tmp_path / "out"))
+    ds = report.datasets[0]
+    assert ds.status == "failed" and "disappeared since the ingest check" in ds.reason
+    # the next run sees the image changed: the ingest check warns about the chunk (foreign store)
+    monkeypatch.setitem(pipeline._STAGE_FUNCS, "segment", real)
+    with caplog.at_level(logging.WARNING, logger="vollseg_dask.pipeline"):
+        again = run(_config(store, tmp_path / "out"))
+    assert again.ok and any("have no file" in r.getMessage() for r in caplog.records)

@@ -515,6 +515,7 @@ def _check_missing_chunks(ds: _Dataset, img: Any) -> None:
 
     arr = zarr.open_array(store=str(img.store), path=img.path, mode="r")
     n, keys = missing_chunks(arr)
+    ds.manifest["image_chunks_missing_at_ingest"] = n
     if n:
         more = f" and {n - len(keys)} more" if n > len(keys) else ""
         LOG.warning("%s: %d chunk(s) of image array %r in %s have no file and read as the fill value %s: %s%s; "
@@ -565,9 +566,29 @@ def _stage_segment(ds: _Dataset, client: Any, resume: bool) -> int:
     return _image_voxels(ds.store)
 
 
+def _check_chunks_still_there(ds: _Dataset) -> None:
+    """Image chunks that had a file at the ingest check and lost it since are damage, not fill value:
+    measuring would read them as zeros (mean intensity 0 for every cell there)."""
+    import zarr
+
+    from vollseg_dask.errors import InvalidDataError
+    from vollseg_dask.io.omezarr import missing_chunks, open_image
+
+    before = ds.manifest.get("image_chunks_missing_at_ingest")
+    if not isinstance(before, int):
+        return
+    img = open_image(ds.store)
+    n, keys = missing_chunks(zarr.open_array(store=str(img.store), path=img.path, mode="r"))
+    if n > before:
+        raise InvalidDataError(f"{n - before} chunk(s) of image array {img.path!r} in {img.store} disappeared since "
+                               f"the ingest check ({n} missing now, {before} then; first: {', '.join(keys)}); "
+                               "restore them and run again")
+
+
 def _stage_measure(ds: _Dataset, client: Any, resume: bool) -> int:
     from vollseg_dask.measure import measure_cells
 
+    _check_chunks_still_there(ds)
     from vollseg_dask.errors import StoreExistsError
 
     cfg = ds.cfg.measure.model_copy(update={"labels": ds.cfg.labels_name})
