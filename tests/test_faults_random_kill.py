@@ -71,6 +71,7 @@ def setup(tmp_path_factory) -> dict:
     return {"pristine": pristine, "old": old_sha, "ref": hashes, "wall": wall}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_kill_then_resume_gives_the_uninterrupted_outputs(setup, tmp_path, seed):
     store = tmp_path / "syn.ome.zarr"
