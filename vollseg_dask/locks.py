@@ -57,6 +57,18 @@ def describe_holder(held: dict[str, Any]) -> str:
     return f"pid {held.get('pid', '?')} on {held.get('host', '?')} since {when}"
 
 
+def _create(tmp: Path, lock: Path) -> None:
+    """Create ``lock`` holding ``tmp``'s content, failing with FileExistsError if it exists."""
+    try:
+        os.link(tmp, lock)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: exclusive create, then write
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tmp.read_text(encoding="utf-8"))
+
+
 @contextmanager
 def hold_lock(lock: str | os.PathLike[str], what: str, *, reentrant: bool = False) -> Iterator[Path]:
     """Hold the lock file ``lock`` for the duration of the ``with`` block.
@@ -94,30 +106,33 @@ def hold_lock(lock: str | os.PathLike[str], what: str, *, reentrant: bool = Fals
                 _HELD[key][1] -= 1
         return
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "what": what}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    # the lock appears with its content in one step (a hard link of a complete file), so a refused
+    # caller never reads a half-written holder
+    tmp = lock.with_name(f".{lock.name}.tmp-{os.getpid()}-{threading.get_ident() % 16**8:08x}")
+    tmp.write_text(json.dumps(me), encoding="utf-8")
+    try:
+        for _ in range(2):
             try:
-                held = json.loads(lock.read_text())
-            except (OSError, ValueError):
-                held = {}
-            pid = held.get("pid")
-            if held.get("host") == me["host"] and isinstance(pid, int) and not pid_alive(pid, held.get("since")):
-                LOG.warning("removing stale lock of dead process %s: %s", pid, lock)
-                lock.unlink(missing_ok=True)
-                continue
-            raise LockedError(
-                f"{what} is in use by another run ({describe_holder(held)}); "
-                f"wait for it to finish, or delete {lock} if that run is gone"
-            ) from None
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-        except BaseException:
-            lock.unlink(missing_ok=True)
-            raise
-        break
+                _create(tmp, lock)
+            except FileExistsError:
+                try:
+                    held = json.loads(lock.read_text())
+                except (OSError, ValueError):
+                    held = {}
+                pid = held.get("pid")
+                if held.get("host") == me["host"] and isinstance(pid, int) and not pid_alive(pid, held.get("since")):
+                    LOG.warning("removing stale lock of dead process %s: %s", pid, lock)
+                    lock.unlink(missing_ok=True)
+                    continue
+                raise LockedError(
+                    f"{what} is in use by another run ({describe_holder(held)}); "
+                    f"wait for it to finish, or delete {lock} if that run is gone"
+                ) from None
+            break
+        else:
+            raise LockedError(f"{what} is in use by another run (its lock {lock} keeps reappearing)")
+    finally:
+        tmp.unlink(missing_ok=True)
     with _HELD_GUARD:
         _HELD[key] = [threading.get_ident(), 1]
     try:
