@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -203,7 +204,7 @@ def _finish_task(reduced: pd.DataFrame, pools: list | None, surfaces: list[pd.Da
                  provisional: pd.DataFrame | None, *, out: str, t: int, n_channels: int,
                  voxel_size: tuple[float, float, float], tissue: TissueSource | None,
                  factors: tuple[int, int, int] | None, prov_file: str | None, voxels: int,
-                 started: float) -> dict[str, Any]:
+                 started: float, labels_fp: str | None = None) -> dict[str, Any]:
     from vollseg_dask.io.cell_table import cell_table_columns, write_time_point
     from vollseg_dask.kernels.regionprops import finalize
 
@@ -242,7 +243,7 @@ def _finish_task(reduced: pd.DataFrame, pools: list | None, surfaces: list[pd.Da
         cells["surface_area_um2"] = np.full(n, np.nan)
         cells["sphericity"] = np.full(n, np.nan)
     cells = cells[[name for name, _ in cell_table_columns(n_channels)]]
-    write_time_point(out, t, cells, n_channels, extra_marker={"voxels": voxels,
+    write_time_point(out, t, cells, n_channels, extra_marker={"voxels": voxels, "labels": labels_fp,
                                                               "seconds": round(time.time() - started, 3)})
     return {"t": t, "rows": n}
 
@@ -375,8 +376,12 @@ def measure_cells(
     if times is not None:
         cfg.times = [int(t) for t in times]
 
+    from vollseg_dask.io.atomic import commit_dir, recover_dir
+    from vollseg_dask.io.omezarr import labels_fingerprints_t
+
     root = Path(store).resolve()
     lab = open_labels(root, cfg.labels, 0)
+    labels_fps = labels_fingerprints_t(root, cfg.labels)
     if lab.dtype.kind not in "ui":
         raise DTypeError(f"labels/{cfg.labels} has dtype {lab.dtype}; measurement needs integer labels")
     shape = _zyx_shape(lab.axes, lab.shape)
@@ -430,10 +435,42 @@ def measure_cells(
         "image": image_calibration(image, labels=cfg.labels),
     }
     identity = [k for k in manifest if k not in ("config", "image")]
-    table = init_table_dir(out, manifest, overwrite=overwrite, identity_keys=identity)
-    from vollseg_dask.io.cell_table import done_times
+    from vollseg_dask.io.cell_table import check_replaceable, done_times, partition_name, time_point_marker
+    from vollseg_dask.io.cell_table import partition_dir as _partition_dir
 
-    done = done_times(table)
+    def fresh(tab: Path, t: int) -> bool:
+        # a time point counts as done only for the labels it was measured from
+        return time_point_marker(tab, t).get("labels") == labels_fps[min(t, len(labels_fps) - 1)]
+
+    final = Path(out)
+    recover_dir(final)  # a replacement killed between its two renames
+    staged = final.with_name(f".{final.name}.staging")
+    table: Path | None = None
+    if overwrite and final.exists():
+        # build the new table beside the old one; the old one stays readable until the swap
+        check_replaceable(final)
+        shutil.rmtree(staged, ignore_errors=True)
+        table = init_table_dir(staged, manifest, identity_keys=identity)
+    else:
+        table = init_table_dir(final, manifest, overwrite=overwrite, identity_keys=identity)
+        stale = sorted(t for t in done_times(final) if not fresh(final, t))
+        if stale:
+            LOG.warning("labels/%s changed since the cell table's time point(s) %s were measured: the table is "
+                        "rebuilt beside the old one (unchanged time points are copied)", cfg.labels, stale)
+            try:
+                table = init_table_dir(staged, manifest, identity_keys=identity)  # resumes a killed rebuild
+            except Exception:  # noqa: BLE001 - an unusable leftover: start the rebuild again
+                shutil.rmtree(staged, ignore_errors=True)
+                table = init_table_dir(staged, manifest, identity_keys=identity)
+            for t in sorted(done_times(final)):
+                if fresh(final, t) and not fresh(staged, t):
+                    name = partition_name(t)
+                    shutil.rmtree(staged / name, ignore_errors=True)
+                    shutil.copytree(_partition_dir(final, t), staged / name)
+        else:
+            shutil.rmtree(staged, ignore_errors=True)
+    building = Path(table) != final
+    done = {t for t in done_times(table) if fresh(Path(table), t)}
     pending = [t for t in todo_t if t not in done]
     result = MeasureResult(table=table, skipped=[t for t in todo_t if t in done])
 
@@ -471,7 +508,7 @@ def measure_cells(
         return dask.delayed(_finish_task)(reduced, pools, surfaces, prov, out=str(table), t=t,
                                           n_channels=len(chans), voxel_size=voxel_size, tissue=tissue,
                                           factors=factors, prov_file=prov_file, voxels=voxels_t,
-                                          started=time.time())
+                                          started=time.time(), labels_fp=labels_fps[min(t, len(labels_fps) - 1)])
 
     from vollseg_dask.runtime import StageTimer, compute_with_progress
 
@@ -484,6 +521,12 @@ def measure_cells(
                 result.rows[int(info["t"])] = int(info["rows"])
     result.seconds = time.perf_counter() - start
     result.voxels = voxels_t * len(pending)
+    if labels_fingerprints_t(root, cfg.labels) != labels_fps:
+        raise InvalidDataError(f"labels/{cfg.labels} of {root} were replaced while being measured; measure again")
+    if building:
+        commit_dir(table, final)
+        table = final
+        result.table = final
     if csv_btrackmate is not None:
         write_btrackmate_csv(table, csv_btrackmate, inside_tissue_only=inside_tissue_only)
         result.csv = Path(csv_btrackmate)

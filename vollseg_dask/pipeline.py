@@ -18,7 +18,11 @@ Output layout (``OUT`` = ``RunConfig.output``)::
     OUT/<name>/tracks.xml, ctc/, napari_tracks.npz, tracks.geff   exports
     OUT/<name>/analysis/           track analysis tables and plots
     OUT/<name>/manifest.json       config, versions, inputs, per-stage status, timings, peak memory
-    <store>/labels/<labels_name>   the segmentation (beside the image, NGFF labels group)
+    OUT/<name>/scratch/segment/    the segmentation's intermediates and resume state (``scratch``);
+                                   removed when the data set completes unless ``keep_intermediates``
+    <store>/labels/<labels_name>   the segmentation (beside the image, NGFF labels group): the only
+                                   thing a run writes into an input store, under the lock
+                                   ``<store>/labels/.<labels_name>.lock``, swapped in when complete
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
 import traceback
@@ -41,7 +44,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from vollseg_dask.config import StrictModel
-from vollseg_dask.errors import ConfigError, LockedError, StoreNotFoundError
+from vollseg_dask.errors import ConfigError, StoreNotFoundError
 from vollseg_dask.measure import MeasureConfig
 from vollseg_dask.runtime import ClusterConfig
 from vollseg_dask.segmentation.config import SegmentationConfig
@@ -133,6 +136,11 @@ class RunConfig(StrictModel):
     input: InputConfig = Field(default_factory=InputConfig, description="Input data set(s).")
     output: str = Field("vollseg_output", description="Output folder (one sub-folder per data set).")
     labels_name: str = Field("cells", description="Name of the labels group the segmentation writes.")
+    scratch: str | None = Field(None, description="Folder for each data set's intermediates and resume state "
+                                "(<scratch>/<data set>/segment); None = OUT/<data set>/scratch. Node-local disk "
+                                "is fastest. Never inside the input store.")
+    keep_intermediates: bool = Field(False, description="Keep the scratch folder after a data set completes "
+                                     "(it is removed by default).")
     stages: list[Literal["ingest", "segment", "measure", "track", "analyze", "export"]] = Field(
         default_factory=lambda: list(STAGES), description="Stages to run, in pipeline order."
     )
@@ -248,26 +256,6 @@ def _dataset_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _pid_alive(pid: int, since: float | None = None) -> bool:
-    """Whether the process that wrote a lock at time ``since`` (epoch s) still runs.
-
-    A killed process that nobody reaped yet (a zombie) is dead; a live process that started after
-    ``since`` reuses the pid of a dead one (after a reboot, for instance) and is not the lock's owner.
-    """
-    import psutil  # a dependency of distributed
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        # create_time has a resolution of a clock tick: allow a second before the lock's time
-        return not (isinstance(since, int | float) and proc.create_time() > since + 1.0)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
 @contextmanager
 def run_lock(out: Path) -> Iterator[Path]:
     """Hold ``out/.vollseg.lock`` for the duration; a second live run on ``out`` is refused.
@@ -277,41 +265,19 @@ def run_lock(out: Path) -> Iterator[Path]:
     Raises
     ------
     LockedError
-        Another live run holds the lock.
+        Another live run holds the lock (the message names its pid, host and start time).
     """
+    from vollseg_dask.locks import hold_lock
+
     out.mkdir(parents=True, exist_ok=True)
-    lock = out / ".vollseg.lock"
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                held = json.loads(lock.read_text())
-            except (OSError, ValueError):
-                held = {}
-            pid = held.get("pid")
-            if held.get("host") == me["host"] and isinstance(pid, int) and not _pid_alive(pid, held.get("since")):
-                LOG.warning("removing stale lock of dead process %s in %s", held["pid"], out)
-                lock.unlink(missing_ok=True)
-                continue
-            raise LockedError(
-                f"{out} is in use by another run (pid {held.get('pid', '?')} on {held.get('host', '?')}); "
-                f"wait for it to finish, or delete {lock} if that run is gone"
-            ) from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-        break
-    try:
+    with hold_lock(out / ".vollseg.lock", str(out)) as lock:
         yield lock
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    from vollseg_dask.io.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def _versions() -> dict[str, str]:
@@ -374,6 +340,10 @@ class _Dataset:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.report = DatasetReport(name=name, input=str(source))
         self.store: Path = source if _is_zarr(source) else self.dir / "image.zarr"
+        self.scratch: Path = (Path(cfg.scratch).expanduser() / name) if cfg.scratch else self.dir / "scratch"
+        #: whether finished units (blocks, time points) may be reused: they are checked against their
+        #: inputs' content, so even a stage that re-runs (changed settings upstream) reuses what still holds
+        self.resume_units = True
         self.manifest_path = self.dir / "manifest.json"
         self.manifest: dict[str, Any] = {
             "dataset": name,
@@ -398,12 +368,27 @@ class _Dataset:
         _atomic_json(self.manifest_path, self.manifest)
 
 
-def _stage_settings(cfg: RunConfig, stage: str) -> dict[str, Any]:
-    """The settings a stage's result depends on (its done-marker is valid only for these)."""
+def _input_digest(source: Path) -> str:
+    """Identity of an input's content: :func:`~vollseg_dask.io.omezarr.array_digest` of an OME-Zarr
+    image's level 0, or a file's size and modification time."""
+    if _is_zarr(source):
+        import zarr
+
+        from vollseg_dask.io.omezarr import array_digest, open_image
+
+        img = open_image(source)
+        return array_digest(zarr.open_array(store=str(img.store), path=img.path, mode="r"))
+    st = source.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _stage_settings(cfg: RunConfig, stage: str, source: Path | None = None) -> dict[str, Any]:
+    """The settings a stage's result depends on (its done-marker is valid only for these); the
+    ingest stage adds the input's content digest, which every later stage inherits by chaining."""
     dump = cfg.model_dump_config()
     base = {"input": dump["input"], "labels_name": cfg.labels_name}
     per = {
-        "ingest": {},
+        "ingest": {"digest": _input_digest(source)} if source is not None else {},
         "segment": {"segment": dump["segment"], "predictor": dump["predictor"]},
         "measure": {"measure": dump["measure"]},
         "track": {"track": dump["track"]},
@@ -434,11 +419,12 @@ def _run_stage(ds: _Dataset, stage: str, client: Any, resume: bool, upstream: st
 
     cfg = ds.cfg
     marker = ds.done_marker(stage)
-    settings = _stage_settings(cfg, stage)
+    settings = _stage_settings(cfg, stage, ds.source if stage == "ingest" else None)
     fp = _fingerprint({"settings": settings, "upstream": upstream})
     if resume and marker.is_file():
         try:
-            if json.loads(marker.read_text()).get("fingerprint") == fp:
+            held = json.loads(marker.read_text())
+            if held.get("fingerprint") == fp and _outputs_unchanged(ds, stage, held.get("outputs")):
                 rec = dict(ds.manifest["stages"].get(stage, {}))
                 rec["status"] = "skipped"
                 ds.report.stages[stage] = rec
@@ -459,9 +445,58 @@ def _run_stage(ds: _Dataset, stage: str, client: Any, resume: bool, upstream: st
     ds.report.stages[stage] = rec
     _collect_outputs(ds, stage)
     marker.parent.mkdir(exist_ok=True)
-    _atomic_json(marker, {"fingerprint": fp, "settings": settings, "finished": time.time()})
+    _atomic_json(marker, {"fingerprint": fp, "settings": settings, "finished": time.time(),
+                          "outputs": _output_identity(ds, stage)})
     ds.save()
     return fp, True
+
+
+def _output_identity(ds: _Dataset, stage: str) -> dict[str, Any]:
+    """What a finished stage's done-marker vouches for: the labels' fingerprint, the cell table's
+    part digests, the other outputs' presence."""
+    if stage == "segment":
+        from vollseg_dask.io.omezarr import labels_fingerprint
+
+        return {"labels": labels_fingerprint(ds.store, ds.cfg.labels_name)}
+    if stage == "measure":
+        return {"cells": _table_digest(ds.dir / "cells")}
+    if stage == "ingest":
+        return {"image": _input_digest(ds.store)} if ds.store.exists() else {}
+    return {"exists": sorted(str(Path(p).relative_to(ds.dir)) for k, p in ds.report.outputs.items()
+                             if Path(p).is_relative_to(ds.dir) and k not in ("image", "labels", "cells", "btrackmate"))}
+
+
+def _table_digest(table: Path) -> str | None:
+    """Digest of a cell table: the sha256 of every time point's part file, as its done-markers record."""
+    from vollseg_dask.io.cell_table import MARKER, done_times
+
+    if not table.is_dir():
+        return None
+    rows = []
+    for t in sorted(done_times(table)):
+        try:
+            rows.append(f"{t}:{json.loads((table / f't={t}' / MARKER).read_text())['sha256']}")
+        except (OSError, ValueError, KeyError):
+            rows.append(f"{t}:?")
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+
+
+def _outputs_unchanged(ds: _Dataset, stage: str, recorded: dict[str, Any] | None) -> bool:
+    """A done-marker counts only while what it vouches for is still there, unchanged."""
+    if recorded is None:  # a marker from before outputs were recorded
+        return True
+    try:
+        if stage in ("segment", "measure", "ingest"):
+            now = _output_identity(ds, stage)
+        else:
+            now = {"exists": [p for p in recorded.get("exists", []) if (ds.dir / p).exists()]}
+    except Exception as exc:  # noqa: BLE001 - an output that cannot even be opened has changed
+        now = {"error": str(exc)}
+    if now != recorded:
+        LOG.warning("%s: the outputs of the finished %s stage are missing or changed since (%s -> %s); "
+                    "it runs again", ds.name, stage, recorded, now)
+        return False
+    return True
 
 
 def _image_voxels(store: Path) -> int:
@@ -487,6 +522,7 @@ def _check_missing_chunks(ds: _Dataset, img: Any) -> None:
 
     arr = zarr.open_array(store=str(img.store), path=img.path, mode="r")
     n, keys = missing_chunks(arr)
+    ds.manifest["image_chunks_missing_at_ingest"] = n
     if n:
         more = f" and {n - len(keys)} more" if n > len(keys) else ""
         LOG.warning("%s: %d chunk(s) of image array %r in %s have no file and read as the fill value %s: %s%s; "
@@ -506,6 +542,9 @@ def _stage_ingest(ds: _Dataset, client: Any, resume: bool) -> int:
     if _is_zarr(ds.source):
         img = open_image(ds.source)  # validates axes and metadata up front
         _check_missing_chunks(ds, img)
+        if img.scale_assumed:
+            ds.manifest["assumed_scale"] = {"scale": list(img.scale), "axes": img.axes,
+                                            "reason": "the store's metadata hold no coordinateTransformations scale"}
         return 0
     from vollseg_dask.io.ingest import convert
 
@@ -519,8 +558,10 @@ def _stage_segment(ds: _Dataset, client: Any, resume: bool) -> int:
     from vollseg_dask.segmentation import segment
 
     # client is None only for the threaded scheduler: say so, or segment() would start a cluster
+    # the run owns its labels group: changed settings or input replace it (atomically, when complete)
     res = segment(ds.store, ds.cfg.labels_name, _make_predictor(ds.cfg, ds.store), ds.cfg.segment,
-                  client if client is not None else ds.cfg.cluster, overwrite=not resume)
+                  client if client is not None else ds.cfg.cluster, overwrite=True, resume=ds.resume_units,
+                  scratch=ds.scratch / "segment", keep_intermediates=ds.cfg.keep_intermediates)
     ds.manifest["segment_blocks"] = {
         "n_blocks": res.n_blocks,
         "n_tasks": res.n_tasks,
@@ -532,12 +573,42 @@ def _stage_segment(ds: _Dataset, client: Any, resume: bool) -> int:
     return _image_voxels(ds.store)
 
 
+def _check_chunks_still_there(ds: _Dataset) -> None:
+    """Image chunks that had a file at the ingest check and lost it since are damage, not fill value:
+    measuring would read them as zeros (mean intensity 0 for every cell there)."""
+    import zarr
+
+    from vollseg_dask.errors import InvalidDataError
+    from vollseg_dask.io.omezarr import missing_chunks, open_image
+
+    before = ds.manifest.get("image_chunks_missing_at_ingest")
+    if not isinstance(before, int):
+        return
+    img = open_image(ds.store)
+    n, keys = missing_chunks(zarr.open_array(store=str(img.store), path=img.path, mode="r"))
+    if n > before:
+        raise InvalidDataError(f"{n - before} chunk(s) of image array {img.path!r} in {img.store} disappeared since "
+                               f"the ingest check ({n} missing now, {before} then; first: {', '.join(keys)}); "
+                               "restore them and run again")
+
+
 def _stage_measure(ds: _Dataset, client: Any, resume: bool) -> int:
     from vollseg_dask.measure import measure_cells
 
+    _check_chunks_still_there(ds)
+    from vollseg_dask.errors import StoreExistsError
+
     cfg = ds.cfg.measure.model_copy(update={"labels": ds.cfg.labels_name})
-    res = measure_cells(ds.store, ds.dir / "cells", config=cfg, overwrite=not resume,
-                        csv_btrackmate=ds.dir / "cells_btrackmate.csv")
+    table = ds.dir / "cells"
+    try:
+        # time points measured from labels that have not changed since are kept
+        res = measure_cells(ds.store, table, config=cfg, overwrite=not ds.resume_units,
+                            csv_btrackmate=ds.dir / "cells_btrackmate.csv")
+    except StoreExistsError:
+        if not (table / "_manifest.json").is_file():
+            raise
+        # this run's own table, made with other measure settings: replace it (atomically)
+        res = measure_cells(ds.store, table, config=cfg, overwrite=True, csv_btrackmate=ds.dir / "cells_btrackmate.csv")
     ds.manifest["measure_rows"] = res.n_rows
     if res.n_rows == 0:
         LOG.warning("%s: no cells found (empty labels %r): the cell table, tracks and exports are empty",
@@ -684,18 +755,25 @@ def run(config: RunConfig | dict[str, Any] | str | os.PathLike[str], *, client: 
     t0 = time.perf_counter()
     reports: list[DatasetReport] = []
     with run_lock(out):
+        from vollseg_dask.io.atomic import sweep_temporaries
+
+        sweep_temporaries(out)  # temporaries of a killed run (we hold the lock: nobody else writes here)
         save_config(cfg, out / "run_config.yaml")
         with get_client(client if client is not None else cfg.cluster) as dask_client:
             for source, name in zip(inputs, _dataset_names(inputs), strict=True):
                 ds = _Dataset(cfg, source, name, out)
+                ds.resume_units = resume
                 reports.append(ds.report)
                 try:
-                    upstream, forced = "", False
-                    for stage in stages:
-                        # once a stage has recomputed, everything after it must too
-                        upstream, ran = _run_stage(ds, stage, dask_client, resume and not forced, upstream)
-                        forced = forced or ran
+                    with _labels_lock(ds, stages):
+                        upstream, forced = "", False
+                        for stage in stages:
+                            # once a stage has recomputed, everything after it must too
+                            upstream, ran = _run_stage(ds, stage, dask_client, resume and not forced, upstream)
+                            forced = forced or ran
                     ds.report.status = "done"
+                    if not cfg.keep_intermediates:
+                        _remove_scratch(ds)
                 except Exception as exc:
                     # A failing data set must not stop the batch: record why and go on.
                     ds.report.status = "failed"
@@ -705,10 +783,66 @@ def run(config: RunConfig | dict[str, Any] | str | os.PathLike[str], *, client: 
                 ds.report.counts = _counts(ds.manifest, ds.report.stages)
                 ds.manifest["status"] = ds.report.status
                 ds.manifest["peak_rss_bytes"] = _worker_peak_rss(dask_client)
-                ds.save()
+                try:
+                    ds.save()
+                except OSError as exc:  # a full disk must not hide the data set's own outcome
+                    _save_failed(ds, exc)
         report = RunReport(output=out, datasets=reports, seconds=time.perf_counter() - t0)
-        _atomic_json(out / "summary.json", {
-            "seconds": report.seconds,
-            "datasets": [vars(d) for d in reports],
-        })
+        try:
+            _atomic_json(out / "summary.json", {
+                "seconds": report.seconds,
+                "datasets": [vars(d) for d in reports],
+            })
+        except OSError as exc:
+            LOG.error("could not write %s: %s", out / "summary.json", exc)
     return report
+
+
+def _save_failed(ds: _Dataset, exc: OSError) -> None:
+    """The manifest could not be written (disk full): the report says so; nothing half-written stays."""
+    LOG.error("data set %s: could not write %s: %s", ds.name, ds.manifest_path, exc)
+    if ds.report.status == "done":
+        ds.report.status = "failed"
+    note = f"manifest not written: {type(exc).__name__}: {exc}"
+    ds.report.reason = f"{ds.report.reason}; {note}" if ds.report.reason else note
+
+
+@contextmanager
+def _labels_lock(ds: _Dataset, stages: list[str]) -> Iterator[None]:
+    """Hold the labels group's lock while this data set writes or reads it (segment, measure, export),
+    so that another run cannot replace the labels under it; the segmentation re-enters it."""
+    if not {"segment", "measure", "export"} & set(stages) or not ds.store.exists():
+        yield
+        return
+    from vollseg_dask.locks import hold_lock
+
+    labels = ds.store / "labels"
+    created = not labels.exists()
+    try:
+        cm = hold_lock(labels / f".{ds.cfg.labels_name}.lock", f"labels {ds.cfg.labels_name!r} of {ds.store}",
+                       reentrant=True)
+        cm.__enter__()
+    except PermissionError as exc:
+        raise StoreNotFoundError(f"cannot write labels {ds.cfg.labels_name!r} into {ds.store}: "
+                                 f"{exc.strerror or exc} (a read-only input store: copy it somewhere writable)"
+                                 ) from exc
+    try:
+        yield
+    finally:
+        cm.__exit__(None, None, None)
+        if created:
+            try:
+                labels.rmdir()
+            except OSError:
+                pass
+
+
+def _remove_scratch(ds: _Dataset) -> None:
+    import shutil
+
+    shutil.rmtree(ds.scratch, ignore_errors=True)
+    if ds.cfg.scratch:
+        try:
+            ds.scratch.parent.rmdir()
+        except OSError:
+            pass

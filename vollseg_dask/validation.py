@@ -104,9 +104,10 @@ def check_source_volume(path: str | os.PathLike[str], *, axes: str | None = None
         img = open_image(p, 0)  # raises AxesError when the axes metadata do not match the array
         check_volume_axes(img.axes, img.shape, str(p))
         return
-    from vollseg_dask.io.ingest import inspect_source, resolve_source_axes
+    from vollseg_dask.io.ingest import check_source_metadata, inspect_source, resolve_source_axes
 
     info = inspect_source(p, dataset)
+    check_source_metadata(info, axes)
     src_axes = resolve_source_axes(info.shape, axes, info.axes)
     check_volume_axes(src_axes, info.shape, str(p))
 

@@ -71,12 +71,41 @@ def main(verbose: int) -> None:
     configure_logging(verbose)
 
 
-def run() -> None:  # pragma: no cover - console-script entry point
-    """Entry point that turns library errors into one clear line and exit code 2."""
+def _verbose(argv: list[str]) -> bool:
+    """Whether the group's ``-v``/``--verbose`` option is among the arguments."""
+    return any(a == "--verbose" or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one ``error:`` line for a failure: a library error's message, otherwise the exception's type
+    and message (an input a parser could not read, a full disk ...); newlines are folded."""
     from vollseg_dask.errors import VollSegError
 
+    msg = str(exc) if isinstance(exc, VollSegError) else f"{type(exc).__name__}: {exc}"
+    return "error: " + "; ".join(part.strip() for part in msg.splitlines() if part.strip())
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Entry point: any failure becomes one ``error:`` line on stderr and exit status 2.
+
+    The traceback is printed only with ``-v``. Click's own usage errors keep their message and
+    status 2; Ctrl-C exits with 130.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        main(standalone_mode=True)
-    except VollSegError as exc:
-        click.echo(f"error: {exc}", err=True)
+        main(args=args, standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except BaseException as exc:  # noqa: BLE001 - the command line's last line of defence
+        if _verbose(args):
+            import traceback
+
+            traceback.print_exc()
+        try:
+            click.echo(error_line(exc) + ("" if _verbose(args) else "  (-v shows the traceback)"), err=True)
+        except BaseException:  # noqa: BLE001 - stderr itself failed: the exit status still says it
+            pass
         sys.exit(2)

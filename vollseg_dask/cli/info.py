@@ -32,8 +32,14 @@ def describe_store(store: Path) -> dict[str, Any]:
     out = {"store": str(image.store), "ngff_version": image.ngff_version}
     out.update(describe([open_image(store, k) for k in range(image.n_levels)]))
     labels = []
+    from vollseg_dask.errors import InvalidDataError
+
     for name in list_labels(store):
-        lab = open_labels(store, name, 0)
+        try:
+            lab = open_labels(store, name, 0)
+        except InvalidDataError as exc:  # flagged incomplete: say so instead of describing zeros
+            labels.append({"name": name, "incomplete": str(exc)})
+            continue
         labels.append({"name": name, **describe([open_labels(store, name, k) for k in range(lab.n_levels)])})
     out["labels"] = labels
     return out
@@ -65,5 +71,8 @@ def command(store: Path, as_json: bool) -> None:
     if not info["labels"]:
         click.echo("labels:  none")
     for lab in info["labels"]:
+        if "incomplete" in lab:
+            click.echo(f"labels/{lab['name']}: INCOMPLETE ({lab['incomplete']})")
+            continue
         click.echo(f"labels/{lab['name']}: dtype {lab['dtype']}, shape {_fmt(lab['shape'])}, "
                    f"chunks {_fmt(lab['chunks'])}, {lab['n_levels']} level(s)")

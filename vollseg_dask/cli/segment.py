@@ -79,13 +79,19 @@ def network_predictor(models: str):
               help="Memory per local worker, e.g. 1.5GiB (default: the machine's memory split evenly). Dask "
                    "enforces it; network tiles and watershed read regions are sized to fit it.")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
-@click.option("--overwrite", is_flag=True, help="Replace existing labels / a previous run with other settings.")
+@click.option("--overwrite", is_flag=True, help="Replace existing labels / a previous run with other settings "
+              "(the new labels replace the old ones only when complete).")
+@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the run's intermediates (default: STORE.vollseg-scratch/NAME beside the store; "
+                   "node-local disk is fastest). Removed when the run completes.")
+@click.option("--keep-intermediates", is_flag=True, help="Keep the scratch folder after the run completes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON.")
 def command(store: Path, out_name: str, models: str | None, predictor_kind: str | None, gt_labels: str,
             drop_fraction: float, merge_fraction: float, false_rate: float, noise: float, seed: int, n_rays: int,
             mode: str | None, block: str | None, foreground_threshold: float | None, merge_threshold: float | None,
             config_file: Path | None, workers: int | None, memory_limit: str | None,
-            scheduler: str | None, overwrite: bool, as_json: bool) -> None:
+            scheduler: str | None, overwrite: bool, scratch: Path | None, keep_intermediates: bool,
+            as_json: bool) -> None:
     """Segment STORE block by block (VollSeg) into labels group --out."""
     from vollseg_dask.config import load_config
     from vollseg_dask.segmentation import SegmentationConfig, segment
@@ -120,7 +126,8 @@ def command(store: Path, out_name: str, models: str | None, predictor_kind: str 
     else:
         local = {k: v for k, v in (("n_workers", workers), ("memory_limit", memory_limit)) if v is not None}
         client = {"kind": "local", **local} if local else None
-    result = segment(str(store), out_name, predictor, cfg, client=client, overwrite=overwrite)
+    result = segment(str(store), out_name, predictor, cfg, client=client, overwrite=overwrite, resume=not overwrite,
+                     scratch=scratch, keep_intermediates=keep_intermediates)
     summary = {
         "labels": f"{store}/labels/{out_name}",
         "n_objects": {str(k): v for k, v in result.n_objects.items()},

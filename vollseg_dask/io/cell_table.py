@@ -8,9 +8,10 @@ Layout::
     TABLE_DIR/t_000000/_SUCCESS            done-marker (JSON: rows, bytes, sha256 of the part file)
     TABLE_DIR/t_000001/...
 
-Every time point is written into a hidden folder (``.t_000005.tmp-<uuid>``) holding the part
-file and its marker, which is then renamed to ``t_000005``: a reader never sees a half-written
-time point, and a re-run skips every partition folder that has its marker. Files and folders
+Every time point is written into a hidden folder (``.t_000005.tmp-<pid>-<uuid8>``,
+:mod:`vollseg_dask.io.atomic`) holding the part file and its marker, which is then renamed to
+``t_000005``: a reader never sees a half-written time point, and a re-run skips every partition
+folder that has its marker. Files and folders
 starting with ``.`` or ``_`` are ignored by pyarrow's dataset discovery.
 
 ``t`` is a column of every part file (int64), and the partition folders are deliberately *not*
@@ -31,7 +32,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from vollseg_dask.errors import ConfigError, InvalidDataError, StoreExistsError, StoreNotFoundError
+from vollseg_dask.io.atomic import atomic_write_text, commit_dir, sibling_temp
 
 __all__ = [
     "CELL_TABLE_VERSION",
@@ -48,9 +49,12 @@ __all__ = [
     "cell_table_columns",
     "empty_cell_table",
     "init_table_dir",
+    "check_replaceable",
     "done_times",
     "partition_name",
     "partition_time",
+    "partition_dir",
+    "time_point_marker",
     "write_time_point",
     "read_cell_table",
     "to_btrackmate",
@@ -206,9 +210,7 @@ def init_table_dir(path: str | os.PathLike[str], manifest: Mapping[str, Any], *,
         if any(root.iterdir()):
             raise StoreExistsError(f"{root} exists, is not empty and is not a cell table (no {MANIFEST})")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{MANIFEST}.{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(new, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, mpath)
+    atomic_write_text(mpath, json.dumps(new, indent=2, sort_keys=True))
     return root
 
 
@@ -237,12 +239,40 @@ def _partitions(root: Path) -> dict[int, Path]:
     return out
 
 
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """Refuse to replace a folder that is not a cell table (so ``--overwrite`` never deletes other data)."""
+    root = Path(path)
+    if root.is_dir() and not ((root / MANIFEST).is_file() or not any(root.iterdir())):
+        raise StoreExistsError(f"{root} exists and is not a cell table: refusing to delete it")
+    if root.exists() and not root.is_dir():
+        raise StoreExistsError(f"{root} exists and is not a folder")
+
+
+def partition_dir(path: str | os.PathLike[str], t: int) -> Path:
+    """The complete partition folder of time point ``t`` (either naming); ``t_NNNNNN`` if none is."""
+    root = Path(path)
+    found = _partitions(root).get(int(t)) if root.is_dir() else None
+    return found if found is not None else root / partition_name(t)
+
+
 def done_times(path: str | os.PathLike[str]) -> set[int]:
     """Time points whose partition is complete (has its done-marker)."""
     root = Path(path)
     if not root.is_dir():
         return set()
     return set(_partitions(root))
+
+
+def time_point_marker(path: str | os.PathLike[str], t: int) -> dict[str, Any]:
+    """The done-marker of time point ``t`` (rows, bytes, sha256, what it was measured from); {} if none."""
+    root = Path(path)
+    d = _partitions(root).get(int(t)) if root.is_dir() else None
+    if d is None:
+        return {}
+    try:
+        return json.loads((d / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _frame_to_arrow(df: pd.DataFrame, n_channels: int):
@@ -302,9 +332,8 @@ def write_time_point(path: str | os.PathLike[str], t: int, frame: pd.DataFrame, 
     t = int(t)
     table = _frame_to_arrow(frame.sort_values("label", kind="stable"), n_channels)
     table = table.add_column(0, pa.field("t", pa.int64(), nullable=False), [pa.array(np.full(table.num_rows, t, np.int64))])
-    name = partition_name(t)
-    final = root / name
-    tmp = root / f".{name}.tmp-{uuid.uuid4().hex}"
+    final = root / partition_name(t)
+    tmp = sibling_temp(final)
     tmp.mkdir()
     try:
         part = tmp / PART
@@ -313,14 +342,8 @@ def write_time_point(path: str | os.PathLike[str], t: int, frame: pd.DataFrame, 
         marker = {"t": t, "rows": table.num_rows, "bytes": part.stat().st_size, "sha256": digest,
                   **_canonical(extra_marker or {})}
         (tmp / MARKER).write_text(json.dumps(marker, sort_keys=True), encoding="utf-8")
-        if final.exists():
-            # A stale partition (no marker, or being replaced): move it aside, then swap.
-            old = root / f".{name}.old-{uuid.uuid4().hex}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        # a stale partition (no marker, or being replaced) is moved aside, then swapped
+        commit_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -447,7 +470,7 @@ def write_btrackmate_csv(table: str | os.PathLike[str], path: str | os.PathLike[
     dst.parent.mkdir(parents=True, exist_ok=True)
     need = ["centroid_x", "centroid_y", "centroid_z", "volume_voxels", "bbox_z0", "bbox_y0", "bbox_x0",
             "bbox_z1", "bbox_y1", "bbox_x1", "inside_tissue"]
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
+    tmp = sibling_temp(dst)
     rows = 0
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:

@@ -45,7 +45,8 @@ from vollseg_dask.io.omezarr import (
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import dask.array
 
-__all__ = ["convert", "SourceInfo", "inspect_source", "resolve_source_axes", "DEFAULT_AXES", "plan_slab"]
+__all__ = ["convert", "SourceInfo", "inspect_source", "resolve_source_axes", "check_source_metadata", "DEFAULT_AXES",
+           "plan_slab"]
 
 LOG = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class SourceInfo:
         ``"tiff"``, ``"hdf5"``, ``"npy"``, ``"array"``.
     description : str
         File and dataset/series, for messages.
+    conflicts : tuple of str
+        Where the file's metadata contradict themselves or the data (e.g. ImageJ's
+        channels × slices × frames against its image count), in words with the numbers.
     """
 
     shape: tuple[int, ...]
@@ -105,6 +109,7 @@ class SourceInfo:
     kind: str = "array"
     description: str = "<array>"
     reader: Any = field(default=None, repr=False, compare=False)
+    conflicts: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,6 +244,54 @@ def _tiff_axes(axes: str) -> str | None:
 def _tiff_info(path: Path, series: int) -> SourceInfo:
     import tifffile
 
+    try:
+        return _tiff_info_open(path, series)
+    except tifffile.TiffFileError as exc:
+        raise InvalidDataError(f"{path} is not a readable TIFF file ({exc}); a truncated or damaged copy?") from exc
+
+
+def _check_not_truncated(tif: Any, path: Path, series: Any) -> None:
+    """Refuse a TIFF whose image data reach past the end of the file (an interrupted copy)."""
+    size = path.stat().st_size
+    need = 0
+    offset = getattr(series, "dataoffset", None)
+    if offset is not None:  # contiguous data (ImageJ hyperstacks, tifffile's own writes)
+        need = int(offset) + int(series.size) * np.dtype(series.dtype).itemsize
+    else:
+        for page in tif.pages:
+            offs, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
+            if len(offs):
+                need = max(need, max(int(o) + int(c) for o, c in zip(offs, counts, strict=False)))
+    if need > size:
+        raise InvalidDataError(f"{path} is truncated: its image data need {need} bytes but the file has {size}; "
+                               "an interrupted copy? Copy it again")
+
+
+def _imagej_conflicts(tif: Any, series_shape: tuple[int, ...], series_axes: str) -> list[str]:
+    """Where ImageJ's hyperstack metadata disagree with themselves or with the file's pages."""
+    ij = tif.imagej_metadata or {}
+    try:
+        dims = {k: int(ij.get(k, 1)) for k in ("channels", "slices", "frames")}
+        images = int(ij.get("images", 0)) or None
+    except (TypeError, ValueError):
+        return [f"ImageJ metadata hold non-integer sizes {dict(ij)}"]
+    out = []
+    product = dims["channels"] * dims["slices"] * dims["frames"]
+    if images is not None and product != images:
+        out.append(f"ImageJ metadata say channels {dims['channels']} x slices {dims['slices']} x frames "
+                   f"{dims['frames']} = {product} images, but images={images}")
+    planes = int(np.prod([n for n, a in zip(series_shape, series_axes, strict=False) if a not in "YXS"] or [1]))
+    n_pages = len(tif.pages)
+    if n_pages > 1 and planes != n_pages:
+        out.append(f"the file has {n_pages} pages (planes) but was read as {series_axes} {series_shape} "
+                   f"= {planes} planes")
+    return out
+
+
+def _tiff_info_open(path: Path, series: int) -> SourceInfo:
+    import tifffile
+
+    conflicts: list[str] = []
     with tifffile.TiffFile(path) as tif:
         if not 0 <= series < len(tif.series):
             raise StoreNotFoundError(f"{path} has {len(tif.series)} image series; series {series} does not exist")
@@ -255,8 +308,10 @@ def _tiff_info(path: Path, series: int) -> SourceInfo:
             num, den = tags[tag].value
             return den / num if num else None  # tag holds pixels per unit
 
+        _check_not_truncated(tif, path, s)
         if tif.is_imagej:
             ij = tif.imagej_metadata or {}
+            conflicts += _imagej_conflicts(tif, shape, s.axes.upper())
             factor = _length_factor(ij.get("unit"))
             if factor is not None:
                 for ax, tag in (("y", "YResolution"), ("x", "XResolution")):
@@ -291,7 +346,7 @@ def _tiff_info(path: Path, series: int) -> SourceInfo:
                     voxel[ax] = size * factor
     return SourceInfo(shape=shape, dtype=dtype, axes=axes, voxel_size=voxel, frame_interval=frame_interval,
                       time_unit=time_unit, kind="tiff", description=f"{path} (series {series})",
-                      reader=_TiffReader(path, series, shape, dtype))
+                      reader=_TiffReader(path, series, shape, dtype), conflicts=tuple(conflicts))
 
 
 def _h5_datasets(f: Any) -> list[str]:
@@ -422,6 +477,48 @@ def _series_index(dataset: str | int) -> int:
 # --------------------------------------------------------------------------------------------------
 # Planning
 # --------------------------------------------------------------------------------------------------
+
+
+def _axes_hint(info: SourceInfo) -> str:
+    letters = (info.axes or "").upper() or "?" * len(info.shape)
+    return f"the file reads as shape {info.shape} with axes {letters}"
+
+
+def check_source_metadata(info: SourceInfo, axes: str | None, *, labels: bool = False) -> None:
+    """Refuse an input whose metadata contradict themselves unless the user gave the axes; warn
+    about a label image whose metadata name a channel axis but no time axis.
+
+    Parameters
+    ----------
+    info : SourceInfo
+        From :func:`inspect_source`.
+    axes : str or None
+        The axes the user gave (``--axes``); with them, conflicts are warnings.
+    labels : bool
+        The input is a label image (masks).
+
+    Raises
+    ------
+    AxesError
+        ``info.conflicts`` is not empty and ``axes`` is None; the message has the numbers and the
+        ``--axes`` to pass.
+    """
+    if info.conflicts:
+        what = "; ".join(info.conflicts)
+        if axes is None:
+            raise AxesError(f"{info.description}: the metadata contradict the data: {what}; {_axes_hint(info)}. "
+                            "Converting would merge or split frames. Check the file, then pass the axes of "
+                            f"the data as read, e.g. --axes {(info.axes or 'ZYX').upper()} (one letter per "
+                            f"dimension of {info.shape}), or re-save it from Fiji")
+        LOG.warning("%s: the metadata contradict the data (%s); using the given axes %r", info.description, what,
+                    axes)
+    if labels and axes is None and info.axes and "c" in info.axes and "t" not in info.axes:
+        n_c = info.shape[info.axes.index("c")]
+        if n_c > 1:
+            suggestion = info.axes.replace("c", "t").upper()
+            LOG.warning("%s: a label image whose metadata name %d channels (axes %s, shape %s) and no time axis; "
+                        "masks rarely have channels: if these are time points (as in the image they belong to), "
+                        "pass --axes %s", info.description, n_c, info.axes.upper(), info.shape, suggestion)
 
 
 def resolve_source_axes(shape: Sequence[int], axes: str | None, metadata_axes: str | None) -> str:
@@ -581,6 +678,7 @@ def convert(input: str | os.PathLike[str] | np.ndarray | dask.array.Array, out: 
     from dask.base import tokenize
 
     info = inspect_source(input, dataset)
+    check_source_metadata(info, axes, labels=pyramid_method == "nearest")
     src_axes = resolve_source_axes(info.shape, axes, info.axes)
     order = sorted(range(len(src_axes)), key=lambda i: AXES_ORDER.index(src_axes[i]))
     out_axes = validate_axes("".join(src_axes[i] for i in order))

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import shutil
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +60,13 @@ __all__ = [
     "read_region",
     "chunk_file",
     "missing_chunks",
+    "checksum_codecs",
+    "array_digest",
+    "array_digests",
+    "labels_fingerprints_t",
+    "labels_fingerprint",
+    "commit_labels",
+    "labels_state",
 ]
 
 LOG = logging.getLogger(__name__)
@@ -437,6 +443,84 @@ class _NamedChunkReader:
         return read_region(self.arr, index)
 
 
+def checksum_codecs(zarr_format: int) -> Any:
+    """Compressors of every array the project writes: zstd with its content checksum on.
+
+    A chunk whose bytes changed after writing then fails to decode (zstd compares the checksum of
+    the decompressed data), and :func:`read_region` names it in a
+    :class:`~vollseg_dask.errors.CorruptChunkError`, instead of decoding to wrong values.
+    """
+    if zarr_format == 3:
+        from zarr.codecs import ZstdCodec
+
+        return (ZstdCodec(level=0, checksum=True),)
+    from numcodecs import Zstd
+
+    return Zstd(level=0, checksum=True)
+
+
+def array_digests(arr: zarr.Array) -> list[str]:
+    """Cheap digest of a local array's content per index of its first axis (per time point).
+
+    Each covers the array's metadata and, for every chunk file holding that index, its key, size
+    and first and last 32 bytes: 64 bytes read per chunk file, not the data. The chunks the project
+    writes end with zstd's content checksum, so for them this is a digest of the content; for other
+    compressed chunks a change of content changes the compressed bytes' length or tail in practice.
+    A chunk rewritten with the same bytes (a restored backup) keeps its digest. Changes inside
+    uncompressed data that keep both ends of every chunk are not seen here.
+
+    Parameters
+    ----------
+    arr : zarr.Array
+        Array in a local folder store (other stores: the metadata only).
+
+    Returns
+    -------
+    list of str
+        ``arr.shape[0]`` digests of 16 hex digits (one for a 0-d array).
+    """
+    import hashlib
+    import json
+
+    meta = json.dumps(arr.metadata.to_dict(), sort_keys=True, default=str).encode()
+    n0 = int(arr.shape[0]) if arr.ndim else 1
+    unit0 = _unit_shape(arr)[0] if arr.ndim else 1
+    rows: dict[int, list[tuple[str, int, bytes]]] = {}
+    root = getattr(arr.store, "root", None)
+    if root is not None:
+        folder = Path(str(root)) / arr.path
+        for dirpath, _, files in os.walk(folder):
+            rel = os.path.relpath(dirpath, folder)
+            prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for f in files:
+                key = prefix + f
+                if f in ("zarr.json", ".zarray", ".zattrs", ".zgroup") or f.endswith(".partial"):
+                    continue
+                parts = key.split("/")
+                first = parts[1] if parts[0] == "c" and len(parts) > 1 else parts[0].split(".")[0]
+                row = int(first) if first.isdigit() else -1
+                with open(os.path.join(dirpath, f), "rb") as fh:
+                    head = fh.read(32)
+                    size = fh.seek(0, os.SEEK_END)
+                    fh.seek(max(size - 32, 0))
+                    tail = fh.read(32)
+                rows.setdefault(row, []).append((key, size, head + tail))
+    out = []
+    for i in range(n0):
+        h = hashlib.sha256(meta)
+        for key, size, ends in sorted(rows.get(i // unit0, [])):
+            h.update(f"{key}:{size}:".encode() + ends)
+        out.append(h.hexdigest()[:16])
+    return out
+
+
+def array_digest(arr: zarr.Array) -> str:
+    """One digest of a local array's content (:func:`array_digests` of every index, combined)."""
+    import hashlib
+
+    return hashlib.sha256(":".join(array_digests(arr)).encode()).hexdigest()[:16]
+
+
 def missing_chunks(arr: zarr.Array, limit: int = 10) -> tuple[int, list[str]]:
     """Storage units of a local array that have no file (zarr would read them as the fill value).
 
@@ -579,7 +663,7 @@ def _parse_multiscales(group_path: Path) -> tuple[str, dict[str, Any], zarr.Grou
 
 def _axes_from_meta(ms: dict[str, Any], where: Path) -> tuple[str, dict[str, str]]:
     raw = ms.get("axes")
-    if raw is None:  # NGFF <= 0.3: implicit 5-D
+    if raw is None:  # NGFF <= 0.3: implicit 5-D (the caller checks the array has 5 dimensions)
         raw = list(AXES_ORDER)
     names: list[str] = []
     units: dict[str, str] = {}
@@ -595,6 +679,18 @@ def _axes_from_meta(ms: dict[str, Any], where: Path) -> tuple[str, dict[str, str
     except AxesError as exc:
         raise AxesError(f"{where}: axes {names} are not supported ({exc})") from None
     return axes, units
+
+
+_WARNED_SCALE: set[str] = set()
+
+
+def _has_scale(ms: dict[str, Any], level: int) -> bool:
+    """Whether the metadata give a ``scale`` transform for this level (else 1 is assumed)."""
+    for transforms in (ms["datasets"][level].get("coordinateTransformations", []),
+                       ms.get("coordinateTransformations", [])):
+        if any(isinstance(tr, dict) and tr.get("type") == "scale" for tr in transforms or []):
+            return True
+    return False
 
 
 def _scale_from_meta(ms: dict[str, Any], level: int, ndim: int) -> tuple[float, ...]:
@@ -637,6 +733,8 @@ class OmeImage:
         Number of pyramid levels in the multiscales metadata.
     ngff_version : str
         ``"0.4"`` or ``"0.5"``.
+    scale_assumed : bool
+        The metadata hold no scale: ``scale`` is 1 on every axis by assumption.
     """
 
     data: dask.array.Array
@@ -648,6 +746,7 @@ class OmeImage:
     level: int
     n_levels: int
     ngff_version: str = "0.5"
+    scale_assumed: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -716,8 +815,18 @@ def _open_level(root: Path, group_rel: str, level: int) -> OmeImage:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise StoreNotFoundError(f"array {path!r} of level {level} missing in {root}: {exc}") from exc
     if arr.ndim != len(axes):
+        if ms.get("axes") is None:
+            raise AxesError(f"{root}/{path}: the multiscales metadata names no axes (NGFF <= 0.3 implies "
+                            f"{AXES_ORDER!r}), but the array has {arr.ndim} dimensions, shape {arr.shape}; "
+                            "add NGFF 'axes' metadata, or re-convert the data with `vollseg-dask convert --axes`")
         raise AxesError(f"{root}/{path}: array has shape {arr.shape} but the metadata names axes {axes!r}")
     scale = _scale_from_meta(ms, level, arr.ndim)
+    if not _has_scale(ms, level):
+        key = str(group_path)
+        if key not in _WARNED_SCALE:
+            _WARNED_SCALE.add(key)
+            LOG.warning("%s has no coordinateTransformations 'scale': assuming 1 per axis (1 µm voxels, "
+                        "frame interval 1); set the scale in the store's metadata if that is wrong", group_path)
     unit_chunks = arr.shards if arr.shards is not None else arr.chunks
     # from_zarr's graph, reading through read_region: a chunk the codec cannot decode is named
     from dask.base import tokenize
@@ -726,7 +835,7 @@ def _open_level(root: Path, group_rel: str, level: int) -> OmeImage:
     data = da.from_array(_NamedChunkReader(arr), chunks=unit_chunks, name=name,
                          meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))
     return OmeImage(data=data, axes=axes, scale=scale, units=units, store=root, path=path, level=int(level),
-                    n_levels=n_levels, ngff_version=version)
+                    n_levels=n_levels, ngff_version=version, scale_assumed=not _has_scale(ms, level))
 
 
 def open_image(store: str | os.PathLike[str], level: int = 0) -> OmeImage:
@@ -782,13 +891,25 @@ def open_labels(store: str | os.PathLike[str], name: str, level: int = 0) -> Ome
     ------
     StoreNotFoundError
         Naming the labels groups that do exist.
+    InvalidDataError
+        The group is flagged incomplete (``attrs["vollseg_dask"]["complete"] is False``).
     """
     root = _as_path(store)
     _check_label_name(name)
-    if not (root / "labels" / name).is_dir():
+    lab_dir = root / "labels" / name
+    if not lab_dir.is_dir() and not (root / "labels" / f".{name}.lock").exists():
+        from vollseg_dask.io.atomic import recover_dir
+
+        recover_dir(lab_dir)  # a replacement killed between its two renames, and no writer now
+    if not lab_dir.is_dir():
         if not root.exists():
             raise StoreNotFoundError(f"OME-Zarr store not found: {root}")
         raise StoreNotFoundError(f"labels {name!r} not found in {root}; available: {list_labels(root)}")
+    if labels_state(root, name).get("complete") is False:
+        raise InvalidDataError(
+            f"labels {name!r} in {root} are incomplete: the segmentation that writes them was interrupted "
+            "(or still runs); segment again to finish or replace them"
+        )
     return _open_level(root, f"labels/{name}", level)
 
 
@@ -825,7 +946,8 @@ def _create_levels(group: zarr.Group, *, shape: tuple[int, ...], dtype: np.dtype
     for k in range(n_levels):
         shp = level_shape(shape, axes, k)
         ck, sk = _level_chunking(chunks, shards, shp)
-        kwargs: dict[str, Any] = {"shape": shp, "dtype": dtype, "chunks": ck, "fill_value": fill_value}
+        kwargs: dict[str, Any] = {"shape": shp, "dtype": dtype, "chunks": ck, "fill_value": fill_value,
+                                  "compressors": checksum_codecs(3 if version == "0.5" else 2)}
         if version == "0.5":
             kwargs["dimension_names"] = list(axes)
             if sk is not None:
@@ -916,7 +1038,7 @@ def create_image(store: str | os.PathLike[str], *, shape: Sequence[int], dtype: 
 
 def create_labels(store: str | os.PathLike[str], name: str, *, dtype: Any = "uint32",
                   chunks: Sequence[int] | int | None = None, shards: Sequence[int] | None = None,
-                  overwrite: bool = False, fill_value: int = 0) -> zarr.Array:
+                  overwrite: bool = False, fill_value: int = 0, staging: str | None = None) -> zarr.Array:
     """Create an empty labels group ``store/labels/<name>`` beside the image.
 
     It gets the image's shape, axes, scale, units and number of levels, NGFF ``image-label``
@@ -937,6 +1059,9 @@ def create_labels(store: str | os.PathLike[str], name: str, *, dtype: Any = "uin
         Replace an existing labels group of that name.
     fill_value : int
         Value of never-written chunks (background).
+    staging : str, optional
+        Build the group in the hidden folder ``store/labels/<staging>`` instead (replacing whatever is
+        there), not listed; :func:`commit_labels` later swaps it in as ``name`` in one rename.
 
     Returns
     -------
@@ -967,8 +1092,13 @@ def create_labels(store: str | os.PathLike[str], name: str, *, dtype: Any = "uin
     _check_common(n_levels=image.n_levels, ngff_version=version, shards=shards)
     sk = _normalise_shards(shards, ck, shp, axes)
 
-    label_dir = root / "labels" / name
-    if label_dir.exists() and any(label_dir.iterdir()):
+    label_dir = root / "labels" / (staging or name)
+    if staging is not None:
+        if not staging.startswith("."):
+            raise ConfigError(f"a staging folder must be hidden (start with '.'), got {staging!r}")
+        if label_dir.exists():
+            _remove(label_dir)
+    elif label_dir.exists() and any(label_dir.iterdir()):
         if not overwrite:
             raise StoreExistsError(f"labels {name!r} already exist in {root}; pass overwrite=True to replace them")
         _remove(label_dir)
@@ -983,12 +1113,76 @@ def create_labels(store: str | os.PathLike[str], name: str, *, dtype: Any = "uin
     if version == "0.4":
         image_label["version"] = "0.4"
     group.attrs.update(_wrap(version, {"multiscales": [lms], "image-label": image_label}))
+    if staging is None:
+        _list_label(labels_group, version, name)
+    return arrays[0]
+
+
+def _list_label(labels_group: zarr.Group, version: str, name: str) -> None:
     _, lattrs = _ome_attrs(labels_group)
     names = [str(n) for n in lattrs.get("labels", [])]
     if name not in names:
         names.append(name)
-    labels_group.attrs.update(_wrap(version, {"labels": names}))
-    return arrays[0]
+        labels_group.attrs.update(_wrap(version, {"labels": names}))
+
+
+def commit_labels(store: str | os.PathLike[str], name: str, staging: str) -> None:
+    """Swap the finished labels group built in ``store/labels/<staging>`` in as ``name``.
+
+    The old group (if any) is moved aside and deleted only after the new one is in place
+    (:func:`vollseg_dask.io.atomic.commit_dir`); then ``name`` is listed in ``store/labels``.
+    """
+    import zarr
+
+    from vollseg_dask.io.atomic import commit_dir
+
+    root = _as_path(store)
+    _check_label_name(name)
+    src = root / "labels" / staging
+    if not src.is_dir():
+        raise StoreNotFoundError(f"no staged labels at {src}")
+    commit_dir(src, root / "labels" / name)
+    version = open_image(root, 0).ngff_version
+    labels_group = zarr.open_group(str(root / "labels"), mode="a", zarr_format=3 if version == "0.5" else 2)
+    _list_label(labels_group, version, name)
+
+
+def labels_state(store: str | os.PathLike[str], name: str) -> dict[str, Any]:
+    """What vollseg-dask recorded on a labels group (``attrs["vollseg_dask"]``; empty for foreign ones)."""
+    import zarr
+
+    path = _as_path(store) / "labels" / name
+    try:
+        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    except (FileNotFoundError, ValueError, KeyError):
+        return {}
+    rec = attrs.get("vollseg_dask")
+    return dict(rec) if isinstance(rec, dict) else {}
+
+
+def labels_fingerprints_t(store: str | os.PathLike[str], name: str) -> list[str]:
+    """Identity of a labels group's content per time point: what its segmentation recorded, else
+    :func:`array_digests` of its level 0 (one entry for labels without a t axis)."""
+    import zarr
+
+    rec = labels_state(store, name)
+    if isinstance(rec.get("fingerprints_t"), list):
+        return [str(v) for v in rec["fingerprints_t"]]
+    lab = open_labels(store, name, 0)
+    arr = zarr.open_array(store=str(lab.store), path=lab.path, mode="r")
+    return array_digests(arr) if "t" in lab.axes else [array_digest(arr)]
+
+
+def labels_fingerprint(store: str | os.PathLike[str], name: str) -> str:
+    """Identity of a labels group's content: the fingerprint its segmentation recorded (settings
+    and input digest), else :func:`array_digest` of its level 0 (labels written by other tools)."""
+    import zarr
+
+    rec = labels_state(store, name)
+    if rec.get("fingerprint"):
+        return str(rec["fingerprint"])
+    lab = open_labels(store, name, 0)
+    return array_digest(zarr.open_array(store=str(lab.store), path=lab.path, mode="r"))
 
 
 def _aligned(chunks: tuple[tuple[int, ...], ...], unit: tuple[int, ...]) -> bool:
@@ -1011,18 +1205,16 @@ def _store_lock_free(source: dask.array.Array, target: zarr.Array) -> None:
 
 
 def _sibling_temp(root: Path, tag: str) -> Path:
-    return root.with_name(f".{root.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    from vollseg_dask.io.atomic import sibling_temp
+
+    return sibling_temp(root, tag)
 
 
 def _commit(tmp: Path, root: Path) -> None:
     """Move a finished store into place; an existing one is moved aside first, then deleted."""
-    old = None
-    if root.exists():
-        old = _sibling_temp(root, "old")
-        os.replace(root, old)
-    os.replace(tmp, root)
-    if old is not None:
-        _remove(old)
+    from vollseg_dask.io.atomic import commit_dir
+
+    commit_dir(tmp, root)
 
 
 @contextmanager
@@ -1096,7 +1288,7 @@ def write_image(store: str | os.PathLike[str], data: np.ndarray | dask.array.Arr
     root = _as_path(store)
     _check_target(root, bool(create_kwargs.get("overwrite", False)))
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling_temp(root, "partial")
+    tmp = _sibling_temp(root, "tmp")
     try:
         with _joined_local_threads():
             target = create_image(tmp, shape=data.shape, dtype=data.dtype, axes=axes, scale=scale, chunks=chunks,

@@ -100,15 +100,16 @@ class DataFrameSpots:
         df = normalize_spot_columns(df)
         if "t" not in df.columns:
             raise InvalidDataError(f"spot table has no frame column 't' (has {list(df.columns)})")
+        from vollseg_dask.checks import check_frames, numeric_column
+
         if df["t"].isna().any():
             raise InvalidDataError("spot table column 't' holds NaN")
-        t = df["t"].to_numpy()
-        if t.dtype.kind == "f" and not np.array_equal(t, np.round(t)):
-            raise InvalidDataError(
-                f"spot table column 't' holds non-integer frames (e.g. {t[t != np.round(t)][0]!r})"
-            )
+        t = check_frames(df["t"], "spot table column 't'")
+        df = df.assign(t=t)
+        for col in ("x", "y", "z"):
+            if col in df.columns and df[col].dtype.kind not in "iuf":
+                df = df.assign(**{col: numeric_column(df[col], f"spot table column {col!r}")})
         self._df = df.reset_index(drop=True)
-        t = t.astype(np.int64)
         order = np.argsort(t, kind="stable")
         uniq, first = np.unique(t[order], return_index=True)
         bounds = np.r_[first, t.size]

@@ -97,8 +97,9 @@ def _as_channels(intensity: np.ndarray | None, shape: tuple[int, ...]) -> np.nda
 def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map labels to 1..K (0 stays background); return (compact int32 array, sorted labels)."""
     flat = labels.reshape(-1)
-    if labels.dtype.kind == "i" and flat.size and flat.min() < 0:
-        raise InvalidDataError(f"labels must be non-negative, found {flat.min()}")
+    from vollseg_dask.checks import check_labels_nonnegative
+
+    check_labels_nonnegative(flat, "measured labels")
     top = int(flat.max()) if flat.size else 0
     if top == 0:
         return np.zeros(labels.shape, np.int32), np.zeros(0, np.uint64)

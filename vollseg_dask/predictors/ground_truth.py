@@ -249,6 +249,9 @@ def ground_truth_maps(labels: np.ndarray, *, read: Sequence[slice], core: Sequen
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise DTypeError(f"ground-truth labels must be integers, got {labels.dtype}")
+    from vollseg_dask.checks import check_labels_nonnegative
+
+    check_labels_nonnegative(labels, "ground-truth labels")
     read = tuple(read)
     core = tuple(core)
     cir = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, read, strict=True))

@@ -18,6 +18,7 @@ the halo escalation plan is persisted before it runs, so a resumed run takes the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -31,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from vollseg_dask.errors import ConfigError, StoreExistsError
+from vollseg_dask.errors import ConfigError, LockedError, StoreExistsError, StoreNotFoundError
+from vollseg_dask.locks import hold_lock
 from vollseg_dask.plan import BlockPlan, plan_blocks
 from vollseg_dask.segmentation import tasks as T
 from vollseg_dask.segmentation.config import SegmentationConfig
@@ -193,6 +195,9 @@ _LATER_OPTIONS = ("mask_dilation", "foreground_threshold", "merge_threshold")
 
 
 def _fingerprint(cfg: SegmentationConfig, predictor: Any, image_shape: tuple[int, ...], axes: str) -> dict[str, Any]:
+    """What a run's units depend on besides the image's content: settings, predictor (with its
+    weights' digests where it has any), the image's shape and axes. The content is checked per time
+    point (:func:`vollseg_dask.io.omezarr.array_digests`)."""
     conf = cfg.model_dump(mode="json")
     # options added after the first release, left at their defaults: runs from before them resume
     for name in _LATER_OPTIONS:
@@ -208,7 +213,8 @@ def _plans(vol: tuple[int, int, int], cfg: SegmentationConfig, halo: Sequence[in
 
 def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config: SegmentationConfig | dict | None = None,
             client: Any = None, *, overwrite: bool = False, stop_after: str | None = None,
-            shuffle_blocks: int | None = None, show_progress: bool | None = None) -> SegmentationResult:
+            shuffle_blocks: int | None = None, show_progress: bool | None = None, resume: bool = True,
+            scratch: str | os.PathLike[str] | None = None, keep_intermediates: bool = False) -> SegmentationResult:
     """Segment an OME-Zarr image block by block (VollSeg) into ``store/labels/<out_name>``.
 
     Parameters
@@ -224,13 +230,25 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
     client : distributed.Client, cluster, address, ClusterConfig or None
         Where to run (see :func:`vollseg_dask.runtime.get_client`); ``None`` = a local cluster.
     overwrite : bool
-        Replace existing labels (and a previous run with another configuration).
+        Replace existing labels made from other settings or another input (and discard an unfinished
+        run with other settings). The new labels are built in a hidden sibling folder of the labels
+        group and swapped in only when complete: until then the old ones stay readable.
     stop_after : str, optional
         Stop after this stage (one of :data:`STAGES`); a later call resumes.
     shuffle_blocks : int, optional
         Submit the units of each stage in an order shuffled by this seed (for determinism tests).
     show_progress : bool, optional
         Force progress bars on/off (default: when stderr is a terminal).
+    resume : bool
+        Reuse the finished units of an interrupted run with the same fingerprint (settings,
+        predictor, image content), and return at once when the labels already come from one.
+        False recomputes everything.
+    scratch : path-like, optional
+        Folder of the run's intermediates and state (default
+        :func:`~vollseg_dask.segmentation.layout.default_scratch`: ``<store>.vollseg-scratch/<name>``
+        beside the store); point it at node-local disk for speed. Never inside the input store.
+    keep_intermediates : bool
+        Keep the scratch folder after the run completes (it is removed by default).
 
     Returns
     -------
@@ -242,12 +260,15 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
         The labels exist (not from an identical finished run) and ``overwrite`` is False.
     ConfigError
         Invalid configuration, or an unfinished run with another configuration exists.
+    LockedError
+        Another live process writes this labels group (the message names its pid, host and start).
+    InvalidDataError
+        Reading an incomplete labels group elsewhere; here: never (this run completes or replaces it).
     AxesError
         The image has no z, y, x axes.
     """
-    from vollseg_dask.config import parse_config, save_config
+    from vollseg_dask.config import parse_config
     from vollseg_dask.io.omezarr import open_image
-    from vollseg_dask.runtime import StageTimer, get_client
     from vollseg_dask.validation import check_channel, check_volume_axes
 
     if config is None:
@@ -268,36 +289,89 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
     axes = img.axes
     check_volume_axes(axes, img.shape, f"image {store}")
     check_channel(axes, img.shape, cfg.channel, "channel" in cfg.model_fields_set, f"image {store}")
+    labels_root = Path(store) / "labels"
+    try:
+        labels_root.mkdir(exist_ok=True)
+        lock_cm = hold_lock(labels_root / f".{out_name}.lock", f"labels {out_name!r} of {store}", reentrant=True)
+        lock_cm.__enter__()
+    except PermissionError as exc:
+        raise StoreNotFoundError(f"cannot write labels {out_name!r} into {store}: {exc.strerror or exc} "
+                                 "(a read-only input store: copy it somewhere writable)") from exc
+    except OSError as exc:
+        if isinstance(exc, LockedError):
+            raise
+        raise StoreNotFoundError(f"cannot write labels {out_name!r} into {store}: {exc.strerror or exc}") from exc
+    try:
+        return _segment_locked(store, img, out_name, predictor, cfg, client, overwrite=overwrite, resume=resume,
+                               stop_after=stop_after, shuffle_blocks=shuffle_blocks, show_progress=show_progress,
+                               scratch=scratch, keep_intermediates=keep_intermediates)
+    finally:
+        lock_cm.__exit__(None, None, None)
+        try:  # a labels folder this call created and left empty
+            labels_root.rmdir()
+        except OSError:
+            pass
+
+
+def _segment_locked(store: str, img: Any, out_name: str, predictor: Any, cfg: SegmentationConfig, client: Any, *,
+                    overwrite: bool, resume: bool, stop_after: str | None, shuffle_blocks: int | None,
+                    show_progress: bool | None, scratch: str | os.PathLike[str] | None,
+                    keep_intermediates: bool) -> SegmentationResult:
+    """:func:`segment` once the labels group's lock is held."""
+    import zarr
+
+    from vollseg_dask.config import save_config
+    from vollseg_dask.io.atomic import recover_dir
+    from vollseg_dask.io.omezarr import array_digests, labels_state
+    from vollseg_dask.runtime import StageTimer, get_client
+
+    axes = img.axes
     vol = tuple(int(img.shape[axes.index(a)]) for a in "zyx")
     n_t = int(img.shape[axes.index("t")]) if "t" in axes else 1
     n_c = int(img.shape[axes.index("c")]) if "c" in axes else 1
 
-    lay = RunLayout(store, out_name)
     labels_dir = Path(store) / "labels" / out_name
+    recover_dir(labels_dir)  # a replacement killed between its two renames
+    lay = RunLayout(store, out_name, scratch)
     fp_path = lay.path / "fingerprint.json"
     predictor.prepare(store, n_t=n_t, volume_shape=vol)
+    image_arr = zarr.open_array(store=store, path=img.path, mode="r")
+    digests = array_digests(image_arr) if "t" in axes else [hashlib.sha256(
+        ":".join(array_digests(image_arr)).encode()).hexdigest()[:16]]
     fp = _fingerprint(cfg, predictor, img.shape, axes)
     fp_text = json.dumps(fp, sort_keys=True)
-    ours = fp_path.is_file() and fp_path.read_text(encoding="utf-8") == fp_text
+    # the labels' identity: settings and the image's content, whole and per time point
+    fps_t = [hashlib.sha256(f"{fp_text}:{d}".encode()).hexdigest()[:16] for d in digests]
+    fp_id = hashlib.sha256(":".join(fps_t).encode()).hexdigest()[:16]
+    state = labels_state(store, out_name)
     labels_exist = labels_dir.exists() and any(labels_dir.iterdir())
-    if overwrite:
+    if resume and labels_exist and state.get("complete") and state.get("fingerprint") == fp_id:
+        _drop_scratch(lay, keep_intermediates)
+        return _finished_result(store, out_name, labels_dir, lay)
+    if labels_exist and not overwrite:
+        raise StoreExistsError(f"labels {out_name!r} already exist in {store} (made from other settings or another "
+                               "input); pass overwrite=True (--overwrite) to replace them")
+    ours = fp_path.is_file() and fp_path.read_text(encoding="utf-8") == fp_text
+    if fp_path.is_file() and not ours and not overwrite and resume:
+        raise ConfigError(f"an unfinished segmentation run {lay.path} used another configuration, predictor or "
+                          "input image; pass overwrite=True to discard it")
+    if not (ours and resume):
         shutil.rmtree(lay.path, ignore_errors=True)
-        ours = False
-    elif labels_exist and not ours:
-        raise StoreExistsError(f"labels {out_name!r} already exist in {store}; pass overwrite=True to replace them")
-    elif fp_path.is_file() and not ours:
-        raise ConfigError(f"an unfinished segmentation run {lay.path} used another configuration or predictor; "
-                          "pass overwrite=True to discard it")
-    if ours and lay.is_done("final", 0):
-        manifest = json.loads((lay.path / "manifest.json").read_text(encoding="utf-8"))
-        return SegmentationResult(store=store, name=out_name, n_objects={int(k): v for k, v in manifest["n_objects"].items()},
-                                  certificates=manifest["certificates"], timings={}, n_tasks=0,
-                                  n_blocks=manifest["n_blocks"], nms_scope={int(k): v for k, v in manifest["nms_scope"].items()},
-                                  run_dir=str(lay.path), completed=True)
 
     lay.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(fp_path, fp_text)
     save_config(cfg, lay.path / "config.yaml")
+    # a time point whose image changed since the interrupted run re-runs all its units; the others resume
+    dig_path = lay.state("image_digests.json")
+    if dig_path.is_file():
+        old = json.loads(dig_path.read_text(encoding="utf-8"))
+        for t, (a, b) in enumerate(zip(old, digests, strict=False)):
+            if a != b:
+                n = lay.clear_time(t)
+                LOG.warning("image of t=%d changed since the interrupted run: its %d finished unit(s) run again",
+                            t, n)
+    atomic_write_text(dig_path, json.dumps(digests))
+    staging = f".{out_name}.staging"
 
     base = _plans(vol, cfg, (0, 0, 0))
     pred_plan = _plans(vol, cfg, predictor.halo)
@@ -306,7 +380,7 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
     prob_thr = cfg.prob_threshold if cfg.prob_threshold is not None else float(predictor.prob_threshold)
     nms_thr = cfg.nms_threshold if cfg.nms_threshold is not None else float(predictor.nms_threshold)
     out_axes = axes
-    out_path = f"labels/{out_name}/0"
+    out_path = f"labels/{staging}/0"
     ctx = T.RunContext(layout=lay, image_store=store, image_path=img.path, image_axes=axes, volume_shape=vol,
                        n_t=n_t, config=cfg, n_rays=int(predictor.n_rays),
                        rays_json=json.dumps(predictor.rays.to_json(), sort_keys=True), prob_threshold=float(prob_thr),
@@ -426,7 +500,7 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
             flat = {b.key: i for i, b in enumerate(base)}
             runner.run(pending("sizes", [(t, b) for t in ts for b in base], T.sizes,
                                lambda it: (ctx, it[0], it[1], flat[it[1].key])), "S6a sizes")
-            unit = _ensure_labels(lay, store, out_name, axes)
+            unit = _ensure_labels(lay, store, staging, axes, fp_id)
             # output units follow the labels' own chunk grid (origin 0): whole chunks per unit
             out_plan = plan_blocks(vol, cfg.block_shape, 0, chunks=unit)
             covers = {o.key: [flat[b.key] for b in base if _intersects(b.core, o.core)] for o in out_plan}
@@ -451,7 +525,7 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
             from vollseg_dask.io.omezarr import build_pyramid
 
             with StageTimer("S6c pyramid", timings):
-                build_pyramid(store, f"labels/{out_name}", method="nearest")
+                build_pyramid(store, f"labels/{staging}", method="nearest")
         result.n_tasks = runner.n_tasks
 
     result.completed = True
@@ -469,9 +543,42 @@ def segment(store: str | os.PathLike[str], out_name: str, predictor: Any, config
         "n_tasks": result.n_tasks,
     }
     atomic_write_text(lay.path / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True, default=str))
-    _mark_labels(store, out_name, cfg, complete=True, run_dir=lay.path)
+    # the labels keep a summary (the full per-block certificates stay in the scratch manifest)
+    summary = {k: manifest[k] for k in ("n_blocks", "nms_scope", "n_objects", "grid_pad", "predictor", "versions")}
+    summary["certificates"] = {k: c for k, c in result.certificates.items() if c["status"] != "exact"}
+    summary["n_exact"] = sum(1 for c in result.certificates.values() if c["status"] == "exact")
+    _mark_labels(store, staging, cfg, complete=True, fingerprint=fp_id, summary=summary, fingerprints_t=fps_t)
+    from vollseg_dask.io.omezarr import commit_labels
+
+    commit_labels(store, out_name, staging)  # the old labels (if any) are replaced only now
     lay.mark_done("final", 0, None, {"n_objects": manifest["n_objects"]})
+    _drop_scratch(lay, keep_intermediates)
     return result
+
+
+def _drop_scratch(lay: RunLayout, keep: bool) -> None:
+    """Remove a finished run's scratch folder (and its parent when that is left empty)."""
+    if keep or not lay.path.exists():
+        return
+    shutil.rmtree(lay.path, ignore_errors=True)
+    try:
+        lay.path.parent.rmdir()
+    except OSError:
+        pass
+
+
+def _finished_result(store: str, name: str, labels_dir: Path, lay: RunLayout) -> SegmentationResult:
+    """The result of a finished run with the same fingerprint, from the summary saved on its labels
+    (``certificates`` then lists the blocks that are not exact by construction)."""
+    from vollseg_dask.io.omezarr import labels_state
+
+    manifest = labels_state(store, name).get("run", {})
+    return SegmentationResult(store=store, name=name,
+                              n_objects={int(k): v for k, v in manifest.get("n_objects", {}).items()},
+                              certificates=manifest.get("certificates", {}), timings={}, n_tasks=0,
+                              n_blocks=int(manifest.get("n_blocks", 0)),
+                              nms_scope={int(k): v for k, v in manifest.get("nms_scope", {}).items()},
+                              run_dir=str(lay.path), completed=True)
 
 
 def _intersects(a: Sequence[slice], b: Sequence[slice]) -> bool:
@@ -536,31 +643,38 @@ def _select(tabs: list[dict[str, np.ndarray]], cfg: SegmentationConfig) -> tuple
                           min_z_extent=cfg.min_z_extent)
 
 
-def _ensure_labels(lay: RunLayout, store: str, name: str, axes: str) -> tuple[int, int, int]:
-    """Create the output labels group once per run (a resumed run keeps the blocks already written).
+def _ensure_labels(lay: RunLayout, store: str, staging: str, axes: str, fp_id: str) -> tuple[int, int, int]:
+    """Create the new labels group in its hidden staging folder once per run (a resumed run keeps
+    the blocks already written there, when the staging group belongs to this run's fingerprint).
 
     The labels take the image's chunks (and shards). Returns their (z, y, x) storage unit.
     """
     import zarr
 
-    from vollseg_dask.io.omezarr import create_labels
+    from vollseg_dask.io.omezarr import create_labels, labels_state
 
-    labels_dir = Path(store) / "labels" / name
-    if not (lay.is_done("labels_created", 0) and labels_dir.is_dir()):
+    if not (lay.is_done("labels_created", 0) and labels_state(store, staging).get("fingerprint") == fp_id):
         lay.clear_stage("relabel")
-        create_labels(store, name, dtype="uint32", overwrite=True)
-        _mark_labels(store, name, None, complete=False, run_dir=lay.path)
+        create_labels(store, staging.strip(".").removesuffix(".staging"), dtype="uint32", staging=staging)
+        _mark_labels(store, staging, None, complete=False, fingerprint=fp_id)
         lay.mark_done("labels_created", 0)
-    arr = zarr.open_array(store=store, path=f"labels/{name}/0", mode="r")
+    arr = zarr.open_array(store=store, path=f"labels/{staging}/0", mode="r")
     unit = arr.shards or arr.chunks
     return tuple(int(unit[axes.index(a)]) for a in "zyx")  # type: ignore[return-value]
 
 
-def _mark_labels(store: str, name: str, cfg: SegmentationConfig | None, *, complete: bool, run_dir: Path) -> None:
+def _mark_labels(store: str, folder: str, cfg: SegmentationConfig | None, *, complete: bool, fingerprint: str,
+                 summary: dict[str, Any] | None = None, fingerprints_t: list[str] | None = None) -> None:
+    """Record on the labels group whether it is complete, the fingerprint of what made it, and the
+    run's summary."""
     import zarr
 
-    group = zarr.open_group(str(Path(store) / "labels" / name), mode="r+")
-    info: dict[str, Any] = {"complete": complete, "run_dir": os.path.relpath(run_dir, store)}
+    group = zarr.open_group(str(Path(store) / "labels" / folder), mode="r+")
+    info: dict[str, Any] = {"complete": complete, "fingerprint": fingerprint}
+    if fingerprints_t is not None:
+        info["fingerprints_t"] = list(fingerprints_t)
+    if summary is not None:
+        info["run"] = json.loads(json.dumps(summary, default=str))
     if cfg is not None:
         info["segmentation_config"] = cfg.model_dump(mode="json")
     group.attrs.update({"vollseg_dask": info})

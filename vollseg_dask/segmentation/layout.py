@@ -1,6 +1,8 @@
 """Where a segmentation run keeps its intermediate products, and how it marks units as done.
 
-Everything lives under ``<store>/.vollseg/<labels name>/`` (a hidden folder beside the image)::
+Everything lives in the run's scratch folder (``scratch``: by default ``OUT/<data set>/scratch/segment``
+in a pipeline run, ``<store>.vollseg-scratch/<labels name>`` beside the store for ``segment``; never
+inside the input store). It is removed when the run completes unless ``keep_intermediates``::
 
     fingerprint.json        config + predictor + input identity; a resumed run must match it
     config.yaml             the SegmentationConfig
@@ -28,28 +30,81 @@ Everything lives under ``<store>/.vollseg/<labels name>/`` (a hidden folder besi
 
 Every file is written beside its final name and renamed into place, so a killed run never leaves a
 half-written table or marker; array chunks are rewritten whole by a re-run of an unfinished unit.
+
+A done-marker records what its unit wrote (tables and array chunk files, with size and mtime; chunks
+the unit left at the fill value are recorded as absent): a marker whose outputs were deleted or
+changed since is not honoured, and the unit re-runs, with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import uuid
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RunLayout", "write_table", "read_table", "atomic_write_text", "write_arrays", "read_arrays"]
+from vollseg_dask.io.atomic import atomic_write_text
+
+__all__ = ["RunLayout", "write_table", "read_table", "atomic_write_text", "default_scratch",
+           "write_arrays", "read_arrays"]
+
+LOG = logging.getLogger(__name__)
+
+# files written by the unit running in this thread since its last done-marker
+_WRITES = threading.local()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _record(path: str | os.PathLike[str]) -> None:
+    files = getattr(_WRITES, "files", None)
+    if files is None:
+        files = _WRITES.files = {}
+    files[str(path)] = None
+
+
+def _stat(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def default_scratch(store: str | os.PathLike[str], name: str) -> Path:
+    """Scratch folder of a ``segment`` call given none: ``<store>.vollseg-scratch/<name>`` beside the store."""
+    p = Path(store).absolute()
+    return p.with_name(p.name + ".vollseg-scratch") / name
+
+
+class _RecordingArray:
+    """A zarr array whose writes record the chunk files they touch (for the unit's done-marker)."""
+
+    def __init__(self, arr: Any, root: str) -> None:
+        self._arr, self._root = arr, root
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._arr, name)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._arr[index]
+
+    def __setitem__(self, index: Any, values: Any) -> None:
+        self._arr[index] = values
+        from vollseg_dask.io.omezarr import _index_ranges
+
+        ranges = _index_ranges(index, tuple(int(n) for n in self._arr.shape))
+        if ranges is None:
+            return
+        unit = self._arr.shards or self._arr.chunks
+        per_axis = [range(lo // u, -(-hi // u)) for (lo, hi), u in zip(ranges, unit, strict=True)]
+        for pos in np.ndindex(*(len(r) for r in per_axis)):
+            key = self._arr.metadata.encode_chunk_key(tuple(r[c] for r, c in zip(per_axis, pos, strict=True)))
+            _record(os.path.join(self._root, key))
 
 
 def write_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -68,9 +123,10 @@ def write_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         packed[name] = np.frombuffer(codec.encode(a), np.uint8)
         packed[f"{name}.meta"] = np.array([a.dtype.str, json.dumps(list(a.shape))])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.npz")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
     np.savez(tmp, **packed)
     os.replace(tmp, path)
+    _record(path)
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -101,9 +157,16 @@ def write_table(path: Path, columns: Mapping[str, np.ndarray], *, list_columns: 
         arrays[k] = pa.FixedSizeListArray.from_arrays(flat, int(v.shape[1]))
     table = pa.table(arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp, row_group_size=65536)
-    os.replace(tmp, path)
+    from vollseg_dask.io.atomic import sibling_temp
+
+    tmp = sibling_temp(path)
+    try:
+        pq.write_table(table, tmp, row_group_size=65536)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _record(path)
 
 
 def read_table(path: Path | list[Path], *, filters: list | None = None, columns: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -131,10 +194,10 @@ def read_table(path: Path | list[Path], *, filters: list | None = None, columns:
 class RunLayout:
     """Paths of one run's intermediates (picklable: only strings)."""
 
-    def __init__(self, store: str | os.PathLike[str], name: str) -> None:
+    def __init__(self, store: str | os.PathLike[str], name: str, root: str | os.PathLike[str] | None = None) -> None:
         self.store = str(Path(store))
         self.name = name
-        self.root = str(Path(store) / ".vollseg" / name)
+        self.root = str(Path(root) if root is not None else default_scratch(store, name))
 
     @property
     def path(self) -> Path:
@@ -146,7 +209,11 @@ class RunLayout:
     def open_array(self, name: str, mode: str = "r"):
         import zarr
 
-        return zarr.open_array(store=self.array_path(name), mode=mode)
+        if mode == "r":
+            return zarr.open_array(store=self.array_path(name), mode=mode)
+        # every chunk of a finished unit is a file: a deleted one is then seen by the marker check
+        arr = zarr.open_array(store=self.array_path(name), mode=mode, config={"write_empty_chunks": True})
+        return _RecordingArray(arr, self.array_path(name))
 
     def create_array(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str):
         import zarr
@@ -157,8 +224,10 @@ class RunLayout:
             if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == tuple(chunks) and str(arr.dtype) == dtype:
                 return arr
             shutil.rmtree(path)
+        from vollseg_dask.io.omezarr import checksum_codecs
+
         return zarr.create_array(store=path, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                                 zarr_format=3)
+                                 zarr_format=3, compressors=checksum_codecs(3))
 
     def table(self, kind: str, t: int, block: str | None = None) -> Path:
         if block is None:
@@ -174,16 +243,58 @@ class RunLayout:
         return self.path / "done" / stage / name
 
     def is_done(self, stage: str, t: int, block: str | None = None) -> bool:
-        return self.marker(stage, t, block).is_file()
+        return self.read_marker(stage, t, block) is not None
 
     def read_marker(self, stage: str, t: int, block: str | None = None) -> dict[str, Any] | None:
+        """The marker's info, or None when absent or when the outputs it vouches for changed."""
         p = self.marker(stage, t, block)
-        if not p.is_file():
+        try:
+            info = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
             return None
-        return json.loads(p.read_text(encoding="utf-8"))
+        except ValueError:
+            LOG.warning("unreadable done-marker %s: the unit runs again", p)
+            p.unlink(missing_ok=True)
+            return None
+        outputs = info.pop("_outputs", None) or {}
+        for rel, rec in outputs.items():
+            now = _stat(os.path.join(self.root, rel))
+            if now != rec:
+                what = "missing" if now is None else ("present, but recorded as empty" if rec is None else "changed")
+                LOG.warning("%s t=%s%s: output %s is %s since the unit finished; the unit runs again", stage, t,
+                            "" if block is None else f" block {block}", rel, what)
+                p.unlink(missing_ok=True)
+                return None
+        return info
 
     def mark_done(self, stage: str, t: int, block: str | None = None, info: Mapping[str, Any] | None = None) -> None:
-        atomic_write_text(self.marker(stage, t, block), json.dumps(dict(info or {}), sort_keys=True))
+        """Mark a unit done; the files it wrote (in this thread) are recorded with size and mtime."""
+        files = getattr(_WRITES, "files", None) or {}
+        _WRITES.files = {}
+        rec = dict(info or {})
+        root = self.root
+        outputs = {os.path.relpath(f, root): _stat(f) for f in files if Path(f).is_relative_to(root)}
+        if outputs:
+            rec["_outputs"] = outputs
+        atomic_write_text(self.marker(stage, t, block), json.dumps(rec, sort_keys=True))
+
+    def clear_time(self, t: int, keep: tuple[str, ...] = ("labels_created", "final")) -> int:
+        """Forget every finished unit of time point ``t`` (its input changed); returns how many."""
+        n = 0
+        done = self.path / "done"
+        if done.is_dir():
+            for stage in done.iterdir():
+                if stage.name in keep or not stage.is_dir():
+                    continue
+                for m in list(stage.glob(f"t{t}.json")) + list(stage.glob(f"t{t}.*.json")):
+                    m.unlink(missing_ok=True)
+                    n += 1
+        levels = self.state("ws_levels.json")
+        if levels.is_file():
+            plan = json.loads(levels.read_text(encoding="utf-8"))
+            atomic_write_text(levels, json.dumps({k: v for k, v in plan.items() if not k.startswith(f"{t}.")},
+                                                 sort_keys=True))
+        return n
 
     def clear_stage(self, stage: str) -> None:
         shutil.rmtree(self.path / "done" / stage, ignore_errors=True)
