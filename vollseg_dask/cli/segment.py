@@ -22,13 +22,18 @@ def _parse_triple(text: str | None, name: str) -> tuple[int, int, int] | None:
     return values  # type: ignore[return-value]
 
 
-def network_predictor(models: str):
-    """The network-backed predictor for ``--models DIR|bundled``, or a clear error while it is absent."""
+def network_predictor(models: str | None, *, stardist: str | None = None, unet: str | None = None,
+                      n2v: str | None = None, need_unet: bool = True, **kwargs: object):
+    """The network-backed predictor for ``--models DIR|bundled`` and/or single model folders.
+
+    ``--stardist/--unet/--n2v`` name one network each (upstream VollSeg folders included: csbdeep CARE
+    U-Nets, ``n2v`` package models) and replace that network of ``--models``.
+    """
     import importlib
 
     from vollseg_dask.errors import MissingDependencyError, ModelNotFoundError
 
-    if models != "bundled" and not Path(models).is_dir():
+    if models is not None and models != "bundled" and not Path(models).is_dir():
         raise ModelNotFoundError(f"model folder {models!r} does not exist")
     try:
         module = importlib.import_module("vollseg_dask.predictors.network")
@@ -36,19 +41,28 @@ def network_predictor(models: str):
         if exc.name != "vollseg_dask.predictors.network":
             raise
         module = None
-    factory = getattr(module, "predictor_from_models", None) if module is not None else None
+    factory = getattr(module, "predictor_from_folders", None) if module is not None else None
     if factory is None:
         raise MissingDependencyError(
             "the network predictor (StarDist3D/U-Net/N2V inference) is not available in this installation yet; "
             "use --predictor ground-truth for synthetic data with ground-truth labels"
         )
-    return factory(models)
+    return factory(models, stardist=stardist, unet=unet, n2v=n2v, need_unet=need_unet, **kwargs)
 
 
 @click.command(name="segment")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--out", "out_name", required=True, help="Name of the labels group to write.")
-@click.option("--models", default=None, help="Model folder (StarDist/U-Net/N2V) or 'bundled'.")
+@click.option("--models", default=None, help="Folder of model folders (stardist/, unet/, n2v/) or 'bundled'.")
+@click.option("--stardist", "stardist_dir", default=None, type=click.Path(path_type=Path),
+              help="StarDist3D model folder (replaces --models' stardist/).")
+@click.option("--unet", "unet_dir", default=None, type=click.Path(path_type=Path),
+              help="U-Net model folder: vollseg-dask's or a csbdeep CARE folder (upstream VollSeg's U-Net; its mask "
+                   "is the output above the per-t Otsu threshold). Not needed with --mode stardist.")
+@click.option("--n2v", "n2v_dir", default=None, type=click.Path(path_type=Path),
+              help="Noise2Void model folder (vollseg-dask's or the n2v package's): denoise first.")
+@click.option("--unet-threshold", type=float, default=None,
+              help="CARE U-Net: threshold on its output instead of the per-t Otsu threshold.")
 @click.option("--predictor", "predictor_kind", type=click.Choice(["ground-truth"]), default=None,
               help="Derive the network outputs from ground-truth labels in the store (tests, benchmarks).")
 @click.option("--gt-labels", default="ground_truth", show_default=True,
@@ -76,19 +90,26 @@ def network_predictor(models: str):
               help="SegmentationConfig file (.yaml/.toml).")
 @click.option("--workers", type=int, default=None, help="Local Dask workers (default: sized to the machine).")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
+@click.option("--threads", "use_threads", is_flag=True,
+              help="Run in this process on a thread pool instead of a local cluster (small data).")
 @click.option("--overwrite", is_flag=True, help="Replace existing labels / a previous run with other settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON.")
-def command(store: Path, out_name: str, models: str | None, predictor_kind: str | None, gt_labels: str,
+def command(store: Path, out_name: str, models: str | None, stardist_dir: Path | None, unet_dir: Path | None,
+            n2v_dir: Path | None, unet_threshold: float | None, predictor_kind: str | None, gt_labels: str,
             drop_fraction: float, merge_fraction: float, false_rate: float, noise: float, seed: int, n_rays: int,
             mode: str | None, block: str | None, foreground_threshold: float | None, merge_threshold: float | None,
             config_file: Path | None, workers: int | None,
-            scheduler: str | None, overwrite: bool, as_json: bool) -> None:
+            scheduler: str | None, use_threads: bool, overwrite: bool, as_json: bool) -> None:
     """Segment STORE block by block (VollSeg) into labels group --out."""
     from vollseg_dask.config import load_config
     from vollseg_dask.segmentation import SegmentationConfig, segment
 
-    if (models is None) == (predictor_kind is None):
-        raise ConfigError("give exactly one of --models DIR|bundled or --predictor ground-truth")
+    networks = models is not None or stardist_dir is not None
+    if networks == (predictor_kind is not None):
+        raise ConfigError("give exactly one of --models DIR|bundled (or --stardist DIR [--unet DIR] [--n2v DIR]) or "
+                          "--predictor ground-truth")
+    if models is None and (unet_dir is not None or n2v_dir is not None) and stardist_dir is None:
+        raise ConfigError("--unet/--n2v need --stardist DIR or --models DIR|bundled")
     cfg = load_config(SegmentationConfig, config_file) if config_file is not None else SegmentationConfig()
     updates: dict[str, object] = {}
     if mode is not None:
@@ -100,12 +121,26 @@ def command(store: Path, out_name: str, models: str | None, predictor_kind: str 
     block_shape = _parse_triple(block, "--block")
     if block_shape is not None:
         updates["block_shape"] = block_shape
+    given = set(cfg.model_fields_set) | set(updates)
     if updates:
         from vollseg_dask.config import parse_config
 
         cfg = parse_config(SegmentationConfig, {**cfg.model_dump(), **updates}, source="command line")
-    if models is not None:
-        predictor = network_predictor(models)
+    if networks:
+        need_unet = cfg.mode != "stardist"
+        predictor = network_predictor(models, stardist=None if stardist_dir is None else str(stardist_dir),
+                                      unet=None if unet_dir is None else str(unet_dir),
+                                      n2v=None if n2v_dir is None else str(n2v_dir), need_unet=need_unet,
+                                      channel=cfg.channel, unet_threshold=unet_threshold)
+        from vollseg_dask.segmentation.config import apply_model_defaults
+
+        cfg, applied = apply_model_defaults(cfg, predictor.segmentation_defaults, given)
+        if applied:
+            click.echo("using the model's segmentation defaults (segmentation_defaults.json; give an option or a "
+                       "config key to override): " + ", ".join(f"{k}={v}" for k, v in applied.items()), err=True)
+        if cfg.mode != "stardist" and not predictor.has_unet:
+            raise ConfigError(f"mode {cfg.mode!r} needs a U-Net (--unet DIR or a models folder with unet/); "
+                              f"--mode stardist runs without one")
     else:
         from vollseg_dask.predictors.ground_truth import GroundTruthPredictor
 
@@ -114,6 +149,8 @@ def command(store: Path, out_name: str, models: str | None, predictor_kind: str 
     client: object
     if scheduler is not None:
         client = scheduler
+    elif use_threads:
+        client = {"kind": "threads", "n_workers": workers} if workers is not None else {"kind": "threads"}
     else:
         client = {"kind": "local", "n_workers": workers} if workers is not None else None
     result = segment(str(store), out_name, predictor, cfg, client=client, overwrite=overwrite)
