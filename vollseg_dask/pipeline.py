@@ -103,6 +103,11 @@ class PredictorConfig(StrictModel):
                             "always used when given.")
     unet_threshold: float | None = Field(None, description="CARE U-Net: fixed threshold on its output instead "
                                          "of the per-t Otsu threshold.")
+    rescale: bool = Field(True, description="Scale-aware inference: resample blocks to the model's voxel size "
+                          "(model_scale.json of the StarDist folder).")
+    scale: tuple[float, float, float] | None = Field(None, description="Store voxel / model voxel per axis "
+                                                     "(default: from the voxel sizes).")
+    object_diameter: float | None = Field(None, gt=0, description="Typical object diameter in the data (µm).")
     ground_truth: str = Field("ground_truth", description="Labels group used by the ground-truth predictor.")
 
 
@@ -426,7 +431,8 @@ def _make_predictor(cfg: RunConfig, store: Path) -> Any:
     p = cfg.predictor
     return predictor_from_folders(p.models, stardist=p.stardist, unet=p.unet, n2v=p.n2v, use_n2v=p.denoise,
                                   need_unet=cfg.segment.mode != "stardist", channel=cfg.segment.channel,
-                                  unet_threshold=p.unet_threshold)
+                                  unet_threshold=p.unet_threshold,
+                                  scale=(p.scale or "auto") if p.rescale else None, object_diameter=p.object_diameter)
 
 
 def _run_stage(ds: _Dataset, stage: str, client: Any, resume: bool, upstream: str) -> tuple[str, bool]:

@@ -50,6 +50,22 @@ def network_predictor(models: str | None, *, stardist: str | None = None, unet: 
     return factory(models, stardist=stardist, unet=unet, n2v=n2v, need_unet=need_unet, **kwargs)
 
 
+def _scale_option(text: str | None, no_rescale: bool, object_diameter: float | None) -> object:
+    if no_rescale:
+        if text is not None or object_diameter is not None:
+            raise ConfigError("--no-rescale cannot be combined with --scale or --object-diameter")
+        return None
+    if text is None:
+        return "auto"
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--scale must be three numbers Z,Y,X, got {text!r}") from None
+    if len(values) != 3 or object_diameter is not None:
+        raise ConfigError(f"--scale must be three numbers Z,Y,X (and excludes --object-diameter), got {text!r}")
+    return values
+
+
 @click.command(name="segment")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--out", "out_name", required=True, help="Name of the labels group to write.")
@@ -61,6 +77,12 @@ def network_predictor(models: str | None, *, stardist: str | None = None, unet: 
                    "is the output above the per-t Otsu threshold). Not needed with --mode stardist.")
 @click.option("--n2v", "n2v_dir", default=None, type=click.Path(path_type=Path),
               help="Noise2Void model folder (vollseg-dask's or the n2v package's): denoise first.")
+@click.option("--scale", "scale_text", default=None, metavar="Z,Y,X",
+              help="Scale-aware inference: store voxel / model voxel per axis (default: from the store's voxel size "
+                   "and the model's model_scale.json).")
+@click.option("--object-diameter", type=click.FloatRange(0, min_open=True), default=None,
+              help="Typical object diameter in the data (µm): rescale so that objects have the model's size.")
+@click.option("--no-rescale", is_flag=True, help="Run the networks on the store's grid as it is.")
 @click.option("--unet-threshold", type=float, default=None,
               help="CARE U-Net: threshold on its output instead of the per-t Otsu threshold.")
 @click.option("--predictor", "predictor_kind", type=click.Choice(["ground-truth"]), default=None,
@@ -95,7 +117,8 @@ def network_predictor(models: str | None, *, stardist: str | None = None, unet: 
 @click.option("--overwrite", is_flag=True, help="Replace existing labels / a previous run with other settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON.")
 def command(store: Path, out_name: str, models: str | None, stardist_dir: Path | None, unet_dir: Path | None,
-            n2v_dir: Path | None, unet_threshold: float | None, predictor_kind: str | None, gt_labels: str,
+            n2v_dir: Path | None, scale_text: str | None, object_diameter: float | None, no_rescale: bool,
+            unet_threshold: float | None, predictor_kind: str | None, gt_labels: str,
             drop_fraction: float, merge_fraction: float, false_rate: float, noise: float, seed: int, n_rays: int,
             mode: str | None, block: str | None, foreground_threshold: float | None, merge_threshold: float | None,
             config_file: Path | None, workers: int | None,
@@ -131,7 +154,9 @@ def command(store: Path, out_name: str, models: str | None, stardist_dir: Path |
         predictor = network_predictor(models, stardist=None if stardist_dir is None else str(stardist_dir),
                                       unet=None if unet_dir is None else str(unet_dir),
                                       n2v=None if n2v_dir is None else str(n2v_dir), need_unet=need_unet,
-                                      channel=cfg.channel, unet_threshold=unet_threshold)
+                                      channel=cfg.channel, unet_threshold=unet_threshold,
+                                      scale=_scale_option(scale_text, no_rescale, object_diameter),
+                                      object_diameter=object_diameter)
         from vollseg_dask.segmentation.config import apply_model_defaults
 
         cfg, applied = apply_model_defaults(cfg, predictor.segmentation_defaults, given)

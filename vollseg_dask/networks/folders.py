@@ -39,6 +39,9 @@ __all__ = [
     "SEGMENTATION_DEFAULTS",
     "read_segmentation_defaults",
     "write_segmentation_defaults",
+    "MODEL_SCALE",
+    "read_model_scale",
+    "write_model_scale",
 ]
 
 LOG = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ _MODEL_TYPES = {"unet": "vollseg_dask.unet", "n2v": "vollseg_dask.n2v"}
 _DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
 #: file in a StarDist model folder holding the segmentation settings the model is meant for
 SEGMENTATION_DEFAULTS = "segmentation_defaults.json"
+#: file in a StarDist model folder recording the voxel size (µm) and object diameter it was trained at
+MODEL_SCALE = "model_scale.json"
 
 
 @contextlib.contextmanager
@@ -112,6 +117,37 @@ class ModelFolderInfo:
     flavour: str = "vollseg"
     fixed_norm: tuple[float, float] | None = None
     segmentation_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def read_model_scale(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"voxel_size": (z, y, x) µm, "object_diameter_um": float or None}`` of a model folder's
+    ``model_scale.json``; empty when absent (scale-aware inference then uses the U-Net's
+    ``voxel_size``, or none)."""
+    path = Path(folder) / MODEL_SCALE
+    if not path.is_file():
+        return {}
+    data = _read_json(path)
+    vs = data.get("voxel_size") if isinstance(data, dict) else None
+    ok = isinstance(vs, list) and len(vs) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in vs)
+    d = data.get("object_diameter_um") if isinstance(data, dict) else None
+    if not ok or (d is not None and not (isinstance(d, (int, float)) and d > 0)):
+        raise ConfigError(f"{path} must hold voxel_size [z, y, x] > 0 (µm) and optionally object_diameter_um > 0, "
+                          f"got {data!r}")
+    return {"voxel_size": tuple(float(v) for v in vs), "object_diameter_um": None if d is None else float(d)}
+
+
+def write_model_scale(folder: str | os.PathLike[str], voxel_size: Any, object_diameter_um: float | None = None,
+                      note: str | None = None) -> Path:
+    """Write ``folder/model_scale.json`` (voxel size in µm the model was trained at; object diameter)."""
+    path = Path(folder) / MODEL_SCALE
+    payload: dict[str, Any] = {"voxel_size": [float(v) for v in voxel_size], "object_diameter_um": object_diameter_um}
+    if note:
+        payload["note"] = note
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    read_model_scale(folder)
+    return path
 
 
 def read_segmentation_defaults(folder: str | os.PathLike[str]) -> dict[str, Any]:

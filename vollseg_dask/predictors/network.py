@@ -129,6 +129,16 @@ class NetworkTile:
         return tuple(s.stop - s.start for s in self.tile)  # type: ignore[return-value]
 
 
+def _t3f(v: Any, name: str) -> tuple[float, float, float]:
+    try:
+        t = tuple(float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be three positive numbers (z, y, x), got {v!r}") from None
+    if len(t) != 3 or not all(np.isfinite(x) and x > 0 for x in t):
+        raise ConfigError(f"{name} must be three positive numbers (z, y, x), got {v!r}")
+    return t  # type: ignore[return-value]
+
+
 def _t3(v: Sequence[int] | int, name: str) -> tuple[int, int, int]:
     if isinstance(v, int | np.integer):
         return (int(v),) * 3
@@ -494,6 +504,17 @@ class NetworkPredictor(Predictor):
         Override the StarDist model's ``thresholds.json``.
     return_distance : bool
         Also return the scalar distance map (max over rays, full resolution over the core).
+    scale : "auto" or sequence of 3 float or None
+        Scale-aware inference: each block's read region is resampled to the model's grid (store
+        voxel / model voxel per axis, anchored in global coordinates, see
+        :mod:`vollseg_dask.predictors.rescale`), the networks run there and their outputs are mapped
+        back (maps by linear interpolation, candidate centres rounded, ray lengths scaled).
+        ``"auto"``: from the store's voxel size and the model's (``model_scale.json`` of the StarDist
+        folder, else the U-Net's ``voxel_size``); no rescaling when the model records none. A
+        sequence: that factor. ``None``: off.
+    object_diameter : float, optional
+        Typical object diameter in the data (µm); with ``"auto"`` the scale also brings it to the
+        model's ``object_diameter_um``.
     halo : int or sequence of 3 int, optional
         Force the block halo instead of the measured one. A halo below the measured receptive field
         makes tiled outputs differ from untiled ones (a warning says so); for experiments only.
@@ -518,7 +539,8 @@ class NetworkPredictor(Predictor):
                  percentiles_table: Any = None, channel: int = 0, batch_size: int = 4,
                  max_tile_voxels: int = DEFAULT_MAX_TILE_VOXELS, prob_threshold: float | None = None,
                  nms_threshold: float | None = None, return_distance: bool = True,
-                 halo: int | Sequence[int] | None = None, unet_threshold: float | None = None) -> None:
+                 halo: int | Sequence[int] | None = None, unet_threshold: float | None = None,
+                 scale: str | Sequence[float] | None = "auto", object_diameter: float | None = None) -> None:
         from vollseg_dask.networks.folders import inspect_model_folder
 
         if stardist_dir is None:
@@ -555,6 +577,23 @@ class NetworkPredictor(Predictor):
         if unet_threshold is not None and not np.isfinite(float(unet_threshold)):
             raise ConfigError(f"unet_threshold must be a finite number, got {unet_threshold}")
         self._care_fixed = None if unet_threshold is None else float(unet_threshold)
+        if isinstance(scale, str) and scale != "auto":
+            raise ConfigError(f"scale must be 'auto', None or three positive numbers, got {scale!r}")
+        if scale is not None and not isinstance(scale, str):
+            scale = _t3f(scale, "scale")
+        if object_diameter is not None and not float(object_diameter) > 0:
+            raise ConfigError(f"object_diameter must be > 0 µm, got {object_diameter}")
+        self._scale_spec = scale
+        self._object_diameter = None if object_diameter is None else float(object_diameter)
+        self._scale: tuple[float, float, float] | None = None
+        from vollseg_dask.networks.folders import read_model_scale
+
+        ms = read_model_scale(infos["stardist"].path)
+        voxel = ms.get("voxel_size")
+        if voxel is None and "unet" in infos and infos["unet"].config.get("voxel_size") is not None:
+            voxel = infos["unet"].config["voxel_size"]
+        self._model_voxel = None if voxel is None else _t3f(voxel, "model voxel_size")
+        self._model_diameter = ms.get("object_diameter_um")
         self._care_thresholds: np.ndarray | None = None
         sd = infos["stardist"]
         self._n_rays = int(sd.n_rays)
@@ -659,7 +698,12 @@ class NetworkPredictor(Predictor):
         if self._rays_obj is None:
             from stardist.rays3d import rays_from_json
 
-            self._rays_obj = rays_from_json(self._rays_json)
+            if self.scaled:
+                from vollseg_dask.predictors.rescale import scaled_rays
+
+                self._rays_obj = scaled_rays(self._rays_json, self._scale)  # type: ignore[arg-type]
+            else:
+                self._rays_obj = rays_from_json(self._rays_json)
         return self._rays_obj
 
     @property
@@ -707,11 +751,27 @@ class NetworkPredictor(Predictor):
 
     @property
     def halo(self) -> tuple[int, int, int]:
-        return self._halo_override if self._halo_override is not None else self.measured_halo
+        """Store-voxel halo: the override, else the measured one (model-grid halo mapped through the
+        scale, with the interpolation neighbours, when blocks are rescaled)."""
+        if self._halo_override is not None:
+            return self._halo_override
+        if self.scaled:
+            from vollseg_dask.predictors.rescale import store_halo
+
+            return store_halo(self.measured_halo, self._scale)  # type: ignore[arg-type]
+        return self.measured_halo
 
     def prepare(self, store: str, *, n_t: int, volume_shape: tuple[int, int, int]) -> None:
-        """Global per-t percentiles (exact, from :func:`vollseg_dask.stats.global_percentiles`,
-        unless a table was given) and the receptive fields; runs on the client."""
+        """Scale factor, global per-t percentiles (exact, from
+        :func:`vollseg_dask.stats.global_percentiles`, unless a table was given), the receptive fields
+        and (CARE U-Nets) the per-t Otsu thresholds; runs on the client."""
+        from vollseg_dask.io.omezarr import open_image as _open
+
+        self._scale = self.resolve_scale(_open(store, 0).voxel_size)
+        self._rays_obj = None
+        if self.scaled:
+            LOG.info("rescaling blocks to the model grid: scale %s (store voxel / model voxel%s)",
+                     tuple(round(v, 4) for v in self._scale), ", object diameter" if self._object_diameter else "")
         if self._percentiles is None:
             from vollseg_dask.io.omezarr import open_image
             from vollseg_dask.stats import global_percentiles
@@ -852,13 +912,20 @@ class NetworkPredictor(Predictor):
             core, sorted by (z, y, x); ``info`` holds tile and batch (forward pass) counts, seconds per
             network, the device and the voxels read.
         """
-        from vollseg_dask.networks._unet import normalize
-
         if image is None:
             raise ConfigError("NetworkPredictor needs the image (needs_image is True)")
         self.receptive_fields()
         read, core, vol = self._check_block(image, read, core, volume_shape)
         image = np.asarray(image)
+        if self.scaled:
+            return self._predict_scaled(image, t, read, core, vol, prob_threshold)
+        return self._predict_grid(image, t, read, core, vol, prob_threshold)
+
+    def _predict_grid(self, image: np.ndarray, t: int, read: Slices, core: Slices, vol: tuple[int, int, int],
+                      prob_threshold: float, care_mask: bool = True) -> BlockPrediction:
+        """Outputs on the grid the image is given on (the store's, or the model grid when rescaled)."""
+        from vollseg_dask.networks._unet import normalize
+
         info: dict[str, Any] = {"tiles": {}, "batches": {}, "seconds": {}}
         h = self._stage_halos()
         post = halo_max(h["stardist"], h["unet"]) if "unet" in h else h["stardist"]
@@ -924,7 +991,7 @@ class NetworkPredictor(Predictor):
         # ---- U-Net foreground
         if "unet" in self._refs:
             fg = self._unet_output(src, src_region, t, core, vol, info)
-            if self._refs["unet"].flavour == "care":
+            if care_mask and self._refs["unet"].flavour == "care":
                 fg = (fg > np.float32(self._care_threshold(t))).astype(np.float32)
         else:
             fg = np.zeros(tuple(c.stop - c.start for c in core), np.float32)
@@ -932,6 +999,77 @@ class NetworkPredictor(Predictor):
         info["voxels_read"] = int(np.prod([r.stop - r.start for r in read], dtype=np.int64))
         return BlockPrediction(prob=prob, foreground=fg, points=points, cand_prob=cand_prob, dist=dist,
                                distance=distance, info=info)
+
+    # ------------------------------------------------------------------ scale-aware inference
+    @property
+    def scale(self) -> tuple[float, float, float] | None:
+        """Store voxel / model voxel per axis (after :meth:`prepare`); None: not resolved or no rescaling."""
+        return self._scale
+
+    @property
+    def scaled(self) -> bool:
+        """Whether blocks are resampled to the model's grid."""
+        return self._scale is not None and not all(abs(v - 1.0) < 1e-9 for v in self._scale)
+
+    def resolve_scale(self, store_voxel_size: Sequence[float]) -> tuple[float, float, float] | None:
+        """The scale factor for a store of voxel size (z, y, x) µm (see the ``scale`` parameter)."""
+        spec = self._scale_spec
+        if spec is None:
+            return None
+        if not isinstance(spec, str):
+            return _t3f(spec, "scale")
+        if self._model_voxel is None:
+            LOG.info("the models record no voxel size: no rescaling")
+            return None
+        s = [float(v) / float(m) for v, m in zip(store_voxel_size, self._model_voxel, strict=True)]
+        if self._object_diameter is not None:
+            if self._model_diameter is None:
+                raise ConfigError("object_diameter needs a model that records its object diameter "
+                                  "(model_scale.json of the StarDist folder); give scale= instead")
+            s = [v * self._model_diameter / self._object_diameter for v in s]
+        return tuple(s)  # type: ignore[return-value]
+
+    def _model_shape(self, vol: Sequence[int]) -> tuple[int, int, int]:
+        from vollseg_dask.predictors.rescale import model_length
+
+        assert self._scale is not None
+        return tuple(model_length(int(n), s) for n, s in zip(vol, self._scale, strict=True))  # type: ignore[return-value]
+
+    def _predict_scaled(self, image: np.ndarray, t: int, read: Slices, core: Slices, vol: tuple[int, int, int],
+                        prob_threshold: float, care_mask: bool = True) -> BlockPrediction:
+        """Resample the read region to the model grid, predict there, map the outputs back."""
+        from vollseg_dask.predictors.rescale import model_span_for, ray_length_factors, resample, store_points
+
+        s = self._scale
+        assert s is not None
+        nm = self._model_shape(vol)
+        margin = [int(np.ceil(v / 2)) + 1 for v in s]
+        m_core = tuple(slice(*model_span_for(c.start, c.stop, v, n, m))
+                       for c, v, n, m in zip(core, s, nm, margin, strict=True))
+        m_in = _grow(m_core, self.measured_halo, nm)
+        xm = resample(image, read, vol, m_in, s, "to_model")
+        pm = self._predict_grid(xm, t, m_in, m_core, nm, prob_threshold, care_mask=False)  # type: ignore[arg-type]
+        prob = resample(pm.prob, m_core, nm, core, s, "to_store")
+        fg = resample(pm.foreground, m_core, nm, core, s, "to_store")
+        if care_mask and "unet" in self._refs and self._refs["unet"].flavour == "care":
+            fg = (fg > np.float32(self._care_threshold(t))).astype(np.float32)
+        distance = None
+        if pm.distance is not None:  # max ray length: model voxels -> store voxels by the mean scale
+            distance = resample(pm.distance, m_core, nm, core, s, "to_store") / np.float32(np.exp(np.mean(np.log(s))))
+        q = store_points(pm.points, s, vol)
+        own = np.ones(len(q), bool)
+        for ax, c in enumerate(core):
+            own &= (q[:, ax] >= c.start) & (q[:, ax] < c.stop)
+        q, cand_prob, dist = q[own], pm.cand_prob[own], pm.dist[own]
+        dist = (dist * ray_length_factors(self._rays_json, s)[None, :]).astype(np.float32)
+        order = np.lexsort(q.T[::-1]) if len(q) else np.zeros(0, np.int64)
+        info = dict(pm.info)
+        info["scale"] = [round(float(v), 6) for v in s]
+        info["model_grid_read"] = [[r.start, r.stop] for r in m_in]
+        info["voxels_read"] = int(np.prod([r.stop - r.start for r in read], dtype=np.int64))
+        return BlockPrediction(prob=np.ascontiguousarray(prob, np.float32), foreground=np.ascontiguousarray(fg, np.float32),
+                               points=q[order].astype(np.int64), cand_prob=cand_prob[order].astype(np.float32),
+                               dist=dist[order], distance=distance, info=info)
 
     def _unet_output(self, src: np.ndarray, src_region: Slices, t: int, core: Slices, vol: tuple[int, int, int],
                      info: dict[str, Any]) -> np.ndarray:
@@ -988,6 +1126,9 @@ class NetworkPredictor(Predictor):
             raise ConfigError("this NetworkPredictor has no U-Net")
         self.receptive_fields()
         read, core, vol = self._check_block(image, read, core, volume_shape)
+        if self.scaled:  # the raw U-Net output mapped back to the store grid (what the mask thresholds)
+            pred = self._predict_scaled(np.asarray(image), t, read, core, vol, 1.0, care_mask=False)
+            return prefix_histogram(pred.foreground)
         info: dict[str, Any] = {"tiles": {}, "batches": {}, "seconds": {}}
         if "n2v" in self._refs:
             region = _intersect(_grow(core, self._rf["unet"].halo, vol), read)
@@ -1044,6 +1185,7 @@ class NetworkPredictor(Predictor):
             d["unet_threshold"] = (self._care_fixed if self._care_fixed is not None else
                                    "otsu per t" if self._care_thresholds is None else
                                    [round(float(v), 6) for v in self._care_thresholds])
+        d["scale"] = None if not self.scaled else [round(float(v), 9) for v in self._scale]  # type: ignore[union-attr]
         if self._halo_override is not None:
             d["halo"] = list(self._halo_override)
         if self._rf:
