@@ -900,6 +900,9 @@ def train_from_config(config: TrainingConfig, verbose: int = 0) -> TrainingResul
             optimize_on=opt, max_candidates=config.threshold_max_candidates,
             init_weights=init_weights_path(config.init_from, "stardist"), verbose=verbose)
         result.seconds["stardist"] = round(time.perf_counter() - t, 2)
+        from vollseg_dask.networks.folders import write_model_scale
+
+        write_model_scale(out / "stardist", voxel_size, note="voxel size of the training data (train)")
         if config.init_from is not None:
             _carry_segmentation_defaults(config.init_from, out / "stardist")
         result.histories["stardist"] = hist
