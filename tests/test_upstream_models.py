@@ -191,3 +191,23 @@ def test_segment_cli_with_upstream_folders(folders, image, tmp_path):
     assert res.exit_code == 0, (res.output, res.exception)
     res = CliRunner().invoke(main, ["segment", str(store), "--stardist", str(folders["stardist"]), "--out", "x"])
     assert isinstance(res.exception, ModelNotFoundError) and "only mode 'stardist'" in str(res.exception)
+
+
+def test_run_with_upstream_folders(folders, image, tmp_path):
+    """``run``'s predictor section takes the same single folders (segment stage only here)."""
+    from vollseg_dask.io import convert, open_labels
+    from vollseg_dask.pipeline import RunConfig, run
+
+    store = tmp_path / "img.zarr"
+    convert(image[None], store, axes="tzyx", chunks=(1, 8, 16, 16))
+    cfg = RunConfig.model_validate({
+        "input": {"path": str(store)}, "output": str(tmp_path / "out"), "cluster": {"kind": "threads"},
+        "stages": ["ingest", "segment"],
+        "predictor": {"kind": "network", "stardist": str(folders["stardist"]), "unet": str(folders["care"]),
+                      "n2v": str(folders["n2v"])},
+        "segment": {"block_shape": (8, 24, 24)}})
+    run(cfg)
+    assert open_labels(store, "cells").shape == (1, *VOL)
+    bad = cfg.model_copy(update={"predictor": cfg.predictor.model_copy(update={"unet": str(folders["n2v"])})})
+    with pytest.raises(ConfigError, match="n2v"):
+        run(bad)  # an n2v folder where a U-Net belongs: refused before any data set
