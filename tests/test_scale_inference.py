@@ -85,7 +85,7 @@ def test_tiled_equals_untiled_under_rescaling(models, image, scale):
         for ys in ((0, 17), (17, 40), (40, 52)):
             for xs in ((0, 23), (23, 44)):
                 core = (slice(*zs), slice(*ys), slice(*xs))
-                read = tuple(slice(max(0, c.start - h), min(n, c.stop + h)) for c, h, n in zip(core, halo, VOL))
+                read = tuple(slice(max(0, c.start - h), min(n, c.stop + h)) for c, h, n in zip(core, halo, VOL, strict=True))
                 blk = pred.predict_block(image[read], t=0, read=read, core=core, volume_shape=VOL, prob_threshold=0.3)
                 assert np.array_equal(blk.prob, whole.prob[core]), core
                 assert np.array_equal(blk.foreground, whole.foreground[core]), core

@@ -160,7 +160,7 @@ def test_care_mask_is_global_otsu_and_tiled_equals_untiled(folders, image, tmp_p
     halo = pred.halo
     for z0, y0, x0 in ((0, 0, 0), (0, 24, 0), (4, 24, 16)):
         core = (slice(z0, min(VOL[0], z0 + 4)), slice(y0, y0 + 24), slice(x0, min(VOL[2], x0 + 24)))
-        read = tuple(slice(max(0, c.start - h), min(n, c.stop + h)) for c, h, n in zip(core, halo, VOL))
+        read = tuple(slice(max(0, c.start - h), min(n, c.stop + h)) for c, h, n in zip(core, halo, VOL, strict=True))
         blk = pred.predict_block(image[read], t=0, read=read, core=core, volume_shape=VOL, prob_threshold=0.5)
         np.testing.assert_array_equal(blk.foreground, whole.foreground[core])
     fixed = NetworkPredictor(folders["stardist"], folders["care"], unet_threshold=0.25,

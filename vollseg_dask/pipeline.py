@@ -424,8 +424,6 @@ def _make_predictor(cfg: RunConfig, store: Path) -> Any:
         from vollseg_dask.predictors.ground_truth import GroundTruthPredictor
 
         return GroundTruthPredictor(str(store), cfg.predictor.ground_truth)
-    from vollseg_dask.predictors.network import NetworkPredictor
-
     from vollseg_dask.predictors.network import predictor_from_folders
 
     p = cfg.predictor
