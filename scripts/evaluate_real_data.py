@@ -328,10 +328,14 @@ def _shape(store: Path) -> tuple[int, ...]:
 
 
 def bundled_predictor(models: str | Path = "bundled") -> Any:
-    """StarDist + U-Net predictor without Noise2Void (shipped thresholds unless the folder's own)."""
+    """StarDist + U-Net predictor without Noise2Void (shipped thresholds unless the folder's own).
+
+    Scale-aware inference is off (``scale=None``): this script compares its own resamplings
+    (``native``, ``model_voxel``, ``cell_matched``) of the input.
+    """
     from vollseg_dask.predictors.network import NetworkPredictor
 
-    return NetworkPredictor.from_models_dir(models, use_n2v=False)
+    return NetworkPredictor.from_models_dir(models, use_n2v=False, scale=None)
 
 
 # ------------------------------------------------------------------------------------------ training

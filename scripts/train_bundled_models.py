@@ -460,6 +460,29 @@ def stardist_prob_head_dead(history: dict, min_drop: float = 0.1) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ main
+#: the settings the bundled models are shipped with (chosen on the validation seed, see the card)
+BUNDLED_SEGMENTATION_DEFAULTS = {"mode": "vollseg", "foreground_threshold": 0.1, "merge_threshold": 0.33}
+#: median equivalent-sphere diameter of the ground-truth cells of BUNDLED_MODEL_TISSUE, measured on
+#: an unseen store of it (seed 303, t=0, 199 cells: 8.97 um)
+BUNDLED_OBJECT_DIAMETER_UM = 9.0
+
+
+def write_model_metadata(out: Path, pipeline: dict | None) -> None:
+    """``stardist/segmentation_defaults.json`` and ``stardist/model_scale.json`` of the shipped set."""
+    from vollseg_dask.networks.folders import write_model_scale, write_segmentation_defaults
+    from vollseg_dask.synthetic import SyntheticConfig
+
+    measured = None
+    if pipeline and "vollseg_foreground_merge" in pipeline:
+        measured = {"f1_iou0.5_test_seed": round(pipeline["vollseg_foreground_merge"]["f1"], 4),
+                    "f1_iou0.5_test_seed_plain_vollseg": round(pipeline["vollseg"]["f1"], 4)}
+    write_segmentation_defaults(out / "stardist", BUNDLED_SEGMENTATION_DEFAULTS, measured=measured,
+                                source="scripts/train_bundled_models.py: chosen on the validation seed")
+    write_model_scale(out / "stardist", SyntheticConfig().voxel_size, BUNDLED_OBJECT_DIAMETER_UM,
+                      note="voxel size of the training data (BUNDLED_MODEL_TISSUE); object diameter: median "
+                           "equivalent-sphere diameter of its cells")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/vollseg-bundled-work"),
@@ -573,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / "training_record.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     write_cards(out, record)
+    write_model_metadata(out, pipeline)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     LOG.info("wrote %s (%.2f MB)", out, size / 1e6)
     print(json.dumps({"seconds": seconds, "stardist_f1@0.5": evaluation["stardist"]["iou0.5"]["f1"],

@@ -104,6 +104,19 @@ class PredictorConfig(StrictModel):
     models: str = Field("bundled", description="'bundled' (models shipped in the package) or a folder holding "
                         "stardist/, unet/ and optionally n2v/ model folders.")
     denoise: bool = Field(False, description="Run the Noise2Void model first (needs an n2v/ model folder).")
+    stardist: str | None = Field(None, description="StarDist3D model folder; replaces models' stardist/.")
+    unet: str | None = Field(None, description="U-Net model folder (vollseg-dask's or an upstream csbdeep CARE "
+                             "folder, whose mask is its output above the per-t Otsu threshold); replaces models' "
+                             "unet/. Not needed with segment.mode 'stardist'.")
+    n2v: str | None = Field(None, description="Noise2Void model folder (vollseg-dask's or the n2v package's); "
+                            "always used when given.")
+    unet_threshold: float | None = Field(None, description="CARE U-Net: fixed threshold on its output instead "
+                                         "of the per-t Otsu threshold.")
+    rescale: bool = Field(True, description="Scale-aware inference: resample blocks to the model's voxel size "
+                          "(model_scale.json of the StarDist folder).")
+    scale: tuple[float, float, float] | None = Field(None, description="Store voxel / model voxel per axis "
+                                                     "(default: from the voxel sizes).")
+    object_diameter: float | None = Field(None, gt=0, description="Typical object diameter in the data (µm).")
     ground_truth: str = Field("ground_truth", description="Labels group used by the ground-truth predictor.")
 
 
@@ -403,10 +416,13 @@ def _make_predictor(cfg: RunConfig, store: Path) -> Any:
         from vollseg_dask.predictors.ground_truth import GroundTruthPredictor
 
         return GroundTruthPredictor(str(store), cfg.predictor.ground_truth)
-    from vollseg_dask.predictors.network import NetworkPredictor
+    from vollseg_dask.predictors.network import predictor_from_folders
 
-    return NetworkPredictor.from_models_dir(cfg.predictor.models, use_n2v=cfg.predictor.denoise,
-                                            channel=cfg.segment.channel)
+    p = cfg.predictor
+    return predictor_from_folders(p.models, stardist=p.stardist, unet=p.unet, n2v=p.n2v, use_n2v=p.denoise,
+                                  need_unet=cfg.segment.mode != "stardist", channel=cfg.segment.channel,
+                                  unet_threshold=p.unet_threshold,
+                                  scale=(p.scale or "auto") if p.rescale else None, object_diameter=p.object_diameter)
 
 
 def _run_stage(ds: _Dataset, stage: str, client: Any, resume: bool, upstream: str) -> tuple[str, bool]:
@@ -558,8 +574,16 @@ def _stage_segment(ds: _Dataset, client: Any, resume: bool) -> int:
     from vollseg_dask.segmentation import segment
 
     # client is None only for the threaded scheduler: say so, or segment() would start a cluster
+    from vollseg_dask.segmentation.config import apply_model_defaults
+
+    predictor = _make_predictor(ds.cfg, ds.store)
+    # settings the run config does not give come from the model folder (segmentation_defaults.json)
+    seg_cfg, applied = apply_model_defaults(ds.cfg.segment, getattr(predictor, "segmentation_defaults", {}))
+    if applied:
+        LOG.warning("%s: using the model's segmentation defaults %s", ds.name, applied)
+        ds.manifest["segmentation_defaults_used"] = applied
     # the run owns its labels group: changed settings or input replace it (atomically, when complete)
-    res = segment(ds.store, ds.cfg.labels_name, _make_predictor(ds.cfg, ds.store), ds.cfg.segment,
+    res = segment(ds.store, ds.cfg.labels_name, predictor, seg_cfg,
                   client if client is not None else ds.cfg.cluster, overwrite=True, resume=ds.resume_units,
                   scratch=ds.scratch / "segment", keep_intermediates=ds.cfg.keep_intermediates)
     ds.manifest["segment_blocks"] = {
@@ -750,7 +774,9 @@ def run(config: RunConfig | dict[str, Any] | str | os.PathLike[str], *, client: 
         from vollseg_dask.validation import check_models
 
         # a missing or wrong model folder fails the whole run here, before any data set is touched
-        check_models(cfg.predictor.models, denoise=cfg.predictor.denoise)
+        p = cfg.predictor
+        check_models(p.models, denoise=p.denoise, stardist=p.stardist, unet=p.unet, n2v=p.n2v,
+                     need_unet=cfg.segment.mode != "stardist")
     _check_writable(out)
     t0 = time.perf_counter()
     reports: list[DatasetReport] = []

@@ -112,7 +112,8 @@ def check_source_volume(path: str | os.PathLike[str], *, axes: str | None = None
     check_volume_axes(src_axes, info.shape, str(p))
 
 
-def check_models(models: str | os.PathLike[str], *, denoise: bool) -> None:
+def check_models(models: str | os.PathLike[str], *, denoise: bool, stardist: str | None = None,
+                 unet: str | None = None, n2v: str | None = None, need_unet: bool = True) -> None:
     """Check a models folder (``stardist/``, ``unet/``, optionally ``n2v/``) without TensorFlow.
 
     Parameters
@@ -121,6 +122,10 @@ def check_models(models: str | os.PathLike[str], *, denoise: bool) -> None:
         As ``PredictorConfig.models``.
     denoise : bool
         Whether a Noise2Void model is required.
+    stardist, unet, n2v : path, optional
+        Single model folders replacing that network of ``models`` (``PredictorConfig``).
+    need_unet : bool
+        Whether a U-Net is required (every mode but ``stardist``).
 
     Raises
     ------
@@ -131,18 +136,21 @@ def check_models(models: str | os.PathLike[str], *, denoise: bool) -> None:
     """
     from vollseg_dask.networks.folders import bundled_model_dir, inspect_model_folder
 
+    given = {k: Path(v).expanduser() for k, v in (("stardist", stardist), ("unet", unet), ("n2v", n2v))
+             if v is not None}
+    wanted = [k for k in ("stardist", "unet") if k not in given and (k == "stardist" or need_unet)]
+    if denoise and "n2v" not in given:
+        wanted.append("n2v")
     if str(models) == "bundled":
-        folders = {k: bundled_model_dir(k) for k in (("stardist", "unet", "n2v") if denoise else ("stardist", "unet"))}
+        folders = {k: bundled_model_dir(k) for k in wanted}
     else:
         root = Path(models).expanduser()
-        if not root.is_dir():
+        if wanted and not root.is_dir():
             raise ModelNotFoundError(f"models folder not found: {root} (expected sub-folders stardist/, unet/ "
                                      f"and, for denoising, n2v/)")
-        folders = {k: root / k for k in ("stardist", "unet")}
-        if denoise:
-            folders["n2v"] = root / "n2v"
+        folders = {k: root / k for k in wanted}
         for kind, sub in folders.items():
             if not sub.is_dir():
                 raise ModelNotFoundError(f"models folder {root} has no {kind}/ sub-folder ({sub})")
-    for kind, sub in folders.items():
+    for kind, sub in {**folders, **given}.items():
         inspect_model_folder(sub, kind)

@@ -22,13 +22,18 @@ def _parse_triple(text: str | None, name: str) -> tuple[int, int, int] | None:
     return values  # type: ignore[return-value]
 
 
-def network_predictor(models: str):
-    """The network-backed predictor for ``--models DIR|bundled``, or a clear error while it is absent."""
+def network_predictor(models: str | None, *, stardist: str | None = None, unet: str | None = None,
+                      n2v: str | None = None, need_unet: bool = True, **kwargs: object):
+    """The network-backed predictor for ``--models DIR|bundled`` and/or single model folders.
+
+    ``--stardist/--unet/--n2v`` name one network each (upstream VollSeg folders included: csbdeep CARE
+    U-Nets, ``n2v`` package models) and replace that network of ``--models``.
+    """
     import importlib
 
     from vollseg_dask.errors import MissingDependencyError, ModelNotFoundError
 
-    if models != "bundled" and not Path(models).is_dir():
+    if models is not None and models != "bundled" and not Path(models).is_dir():
         raise ModelNotFoundError(f"model folder {models!r} does not exist")
     try:
         module = importlib.import_module("vollseg_dask.predictors.network")
@@ -36,19 +41,50 @@ def network_predictor(models: str):
         if exc.name != "vollseg_dask.predictors.network":
             raise
         module = None
-    factory = getattr(module, "predictor_from_models", None) if module is not None else None
+    factory = getattr(module, "predictor_from_folders", None) if module is not None else None
     if factory is None:
         raise MissingDependencyError(
             "the network predictor (StarDist3D/U-Net/N2V inference) is not available in this installation yet; "
             "use --predictor ground-truth for synthetic data with ground-truth labels"
         )
-    return factory(models)
+    return factory(models, stardist=stardist, unet=unet, n2v=n2v, need_unet=need_unet, **kwargs)
+
+
+def _scale_option(text: str | None, no_rescale: bool, object_diameter: float | None) -> object:
+    if no_rescale:
+        if text is not None or object_diameter is not None:
+            raise ConfigError("--no-rescale cannot be combined with --scale or --object-diameter")
+        return None
+    if text is None:
+        return "auto"
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--scale must be three numbers Z,Y,X, got {text!r}") from None
+    if len(values) != 3 or object_diameter is not None:
+        raise ConfigError(f"--scale must be three numbers Z,Y,X (and excludes --object-diameter), got {text!r}")
+    return values
 
 
 @click.command(name="segment")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--out", "out_name", required=True, help="Name of the labels group to write.")
-@click.option("--models", default=None, help="Model folder (StarDist/U-Net/N2V) or 'bundled'.")
+@click.option("--models", default=None, help="Folder of model folders (stardist/, unet/, n2v/) or 'bundled'.")
+@click.option("--stardist", "stardist_dir", default=None, type=click.Path(path_type=Path),
+              help="StarDist3D model folder (replaces --models' stardist/).")
+@click.option("--unet", "unet_dir", default=None, type=click.Path(path_type=Path),
+              help="U-Net model folder: vollseg-dask's or a csbdeep CARE folder (upstream VollSeg's U-Net; its mask "
+                   "is the output above the per-t Otsu threshold). Not needed with --mode stardist.")
+@click.option("--n2v", "n2v_dir", default=None, type=click.Path(path_type=Path),
+              help="Noise2Void model folder (vollseg-dask's or the n2v package's): denoise first.")
+@click.option("--scale", "scale_text", default=None, metavar="Z,Y,X",
+              help="Scale-aware inference: store voxel / model voxel per axis (default: from the store's voxel size "
+                   "and the model's model_scale.json).")
+@click.option("--object-diameter", type=click.FloatRange(0, min_open=True), default=None,
+              help="Typical object diameter in the data (µm): rescale so that objects have the model's size.")
+@click.option("--no-rescale", is_flag=True, help="Run the networks on the store's grid as it is.")
+@click.option("--unet-threshold", type=float, default=None,
+              help="CARE U-Net: threshold on its output instead of the per-t Otsu threshold.")
 @click.option("--predictor", "predictor_kind", type=click.Choice(["ground-truth"]), default=None,
               help="Derive the network outputs from ground-truth labels in the store (tests, benchmarks).")
 @click.option("--gt-labels", default="ground_truth", show_default=True,
@@ -79,6 +115,8 @@ def network_predictor(models: str):
               help="Memory per local worker, e.g. 1.5GiB (default: the machine's memory split evenly). Dask "
                    "enforces it; network tiles and watershed read regions are sized to fit it.")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
+@click.option("--threads", "use_threads", is_flag=True,
+              help="Run in this process on a thread pool instead of a local cluster (small data).")
 @click.option("--overwrite", is_flag=True, help="Replace existing labels / a previous run with other settings "
               "(the new labels replace the old ones only when complete).")
 @click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -86,18 +124,24 @@ def network_predictor(models: str):
                    "node-local disk is fastest). Removed when the run completes.")
 @click.option("--keep-intermediates", is_flag=True, help="Keep the scratch folder after the run completes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON.")
-def command(store: Path, out_name: str, models: str | None, predictor_kind: str | None, gt_labels: str,
+def command(store: Path, out_name: str, models: str | None, stardist_dir: Path | None, unet_dir: Path | None,
+            n2v_dir: Path | None, scale_text: str | None, object_diameter: float | None, no_rescale: bool,
+            unet_threshold: float | None, predictor_kind: str | None, gt_labels: str,
             drop_fraction: float, merge_fraction: float, false_rate: float, noise: float, seed: int, n_rays: int,
             mode: str | None, block: str | None, foreground_threshold: float | None, merge_threshold: float | None,
             config_file: Path | None, workers: int | None, memory_limit: str | None,
-            scheduler: str | None, overwrite: bool, scratch: Path | None, keep_intermediates: bool,
-            as_json: bool) -> None:
+            scheduler: str | None, use_threads: bool, overwrite: bool, scratch: Path | None,
+            keep_intermediates: bool, as_json: bool) -> None:
     """Segment STORE block by block (VollSeg) into labels group --out."""
     from vollseg_dask.config import load_config
     from vollseg_dask.segmentation import SegmentationConfig, segment
 
-    if (models is None) == (predictor_kind is None):
-        raise ConfigError("give exactly one of --models DIR|bundled or --predictor ground-truth")
+    networks = models is not None or stardist_dir is not None
+    if networks == (predictor_kind is not None):
+        raise ConfigError("give exactly one of --models DIR|bundled (or --stardist DIR [--unet DIR] [--n2v DIR]) or "
+                          "--predictor ground-truth")
+    if models is None and (unet_dir is not None or n2v_dir is not None) and stardist_dir is None:
+        raise ConfigError("--unet/--n2v need --stardist DIR or --models DIR|bundled")
     cfg = load_config(SegmentationConfig, config_file) if config_file is not None else SegmentationConfig()
     updates: dict[str, object] = {}
     if mode is not None:
@@ -109,12 +153,28 @@ def command(store: Path, out_name: str, models: str | None, predictor_kind: str 
     block_shape = _parse_triple(block, "--block")
     if block_shape is not None:
         updates["block_shape"] = block_shape
+    given = set(cfg.model_fields_set) | set(updates)
     if updates:
         from vollseg_dask.config import parse_config
 
         cfg = parse_config(SegmentationConfig, {**cfg.model_dump(), **updates}, source="command line")
-    if models is not None:
-        predictor = network_predictor(models)
+    if networks:
+        need_unet = cfg.mode != "stardist"
+        predictor = network_predictor(models, stardist=None if stardist_dir is None else str(stardist_dir),
+                                      unet=None if unet_dir is None else str(unet_dir),
+                                      n2v=None if n2v_dir is None else str(n2v_dir), need_unet=need_unet,
+                                      channel=cfg.channel, unet_threshold=unet_threshold,
+                                      scale=_scale_option(scale_text, no_rescale, object_diameter),
+                                      object_diameter=object_diameter)
+        from vollseg_dask.segmentation.config import apply_model_defaults
+
+        cfg, applied = apply_model_defaults(cfg, predictor.segmentation_defaults, given)
+        if applied:
+            click.echo("using the model's segmentation defaults (segmentation_defaults.json; give an option or a "
+                       "config key to override): " + ", ".join(f"{k}={v}" for k, v in applied.items()), err=True)
+        if cfg.mode != "stardist" and not predictor.has_unet:
+            raise ConfigError(f"mode {cfg.mode!r} needs a U-Net (--unet DIR or a models folder with unet/); "
+                              f"--mode stardist runs without one")
     else:
         from vollseg_dask.predictors.ground_truth import GroundTruthPredictor
 
@@ -123,6 +183,8 @@ def command(store: Path, out_name: str, models: str | None, predictor_kind: str 
     client: object
     if scheduler is not None:
         client = scheduler
+    elif use_threads:
+        client = {"kind": "threads", "n_workers": workers} if workers is not None else {"kind": "threads"}
     else:
         local = {k: v for k, v in (("n_workers", workers), ("memory_limit", memory_limit)) if v is not None}
         client = {"kind": "local", **local} if local else None

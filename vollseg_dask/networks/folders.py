@@ -5,8 +5,10 @@ csbdeep 0.8.2 / stardist 0.9.2 write under Keras 3), plus ``thresholds.json`` fo
 kinds:
 
 * ``"stardist"`` - a ``stardist.models.StarDist3D`` folder (stardist's own ``config.json``);
-* ``"unet"`` - :class:`vollseg_dask.networks.unet.UNet` (``model_type`` ``vollseg_dask.unet``);
-* ``"n2v"`` - :class:`vollseg_dask.networks.n2v.N2V` (``model_type`` ``vollseg_dask.n2v``).
+* ``"unet"`` - :class:`vollseg_dask.networks.unet.UNet` (``model_type`` ``vollseg_dask.unet``), or an
+  upstream csbdeep ``CARE`` folder (flavour ``"care"``, :mod:`vollseg_dask.networks.upstream`);
+* ``"n2v"`` - :class:`vollseg_dask.networks.n2v.N2V` (``model_type`` ``vollseg_dask.n2v``), or a
+  folder of the ``n2v`` package (flavour ``"n2v-package"``: normalised with its ``means``/``stds``).
 
 :func:`inspect_model_folder` checks a folder and reads its metadata without importing TensorFlow
 (use it on the client); :func:`load_model_folder` builds the network (use it in a worker).
@@ -34,6 +36,12 @@ __all__ = [
     "bundled_model_dir",
     "stardist_rays",
     "quiet_stdout",
+    "SEGMENTATION_DEFAULTS",
+    "read_segmentation_defaults",
+    "write_segmentation_defaults",
+    "MODEL_SCALE",
+    "read_model_scale",
+    "write_model_scale",
 ]
 
 LOG = logging.getLogger(__name__)
@@ -42,6 +50,10 @@ ModelKind = Literal["stardist", "unet", "n2v"]
 MODEL_KINDS: tuple[str, ...] = ("stardist", "unet", "n2v")
 _MODEL_TYPES = {"unet": "vollseg_dask.unet", "n2v": "vollseg_dask.n2v"}
 _DEFAULT_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
+#: file in a StarDist model folder holding the segmentation settings the model is meant for
+SEGMENTATION_DEFAULTS = "segmentation_defaults.json"
+#: file in a StarDist model folder recording the voxel size (µm) and object diameter it was trained at
+MODEL_SCALE = "model_scale.json"
 
 
 @contextlib.contextmanager
@@ -84,6 +96,12 @@ class ModelFolderInfo:
         StarDist anisotropy (z, y, x) of rays and training targets.
     norm : tuple of float
         Percentiles (pmin, pmax) the network's input is normalised with.
+    flavour : str
+        ``"vollseg"`` (this project's folders, and every StarDist folder), ``"care"`` (csbdeep CARE
+        U-Net: linear output, mask by Otsu threshold) or ``"n2v-package"``.
+    fixed_norm : tuple of float or None
+        ``(mean, std)``: the input is ``(x - mean) / std`` instead of percentile-normalised
+        (``n2v`` package folders).
     """
 
     path: Path
@@ -96,6 +114,103 @@ class ModelFolderInfo:
     grid: tuple[int, ...] | None = None
     anisotropy: tuple[float, ...] | None = None
     norm: tuple[float, float] = (1.0, 99.8)
+    flavour: str = "vollseg"
+    fixed_norm: tuple[float, float] | None = None
+    segmentation_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def read_model_scale(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"voxel_size": (z, y, x) µm, "object_diameter_um": float or None}`` of a model folder's
+    ``model_scale.json``; empty when absent (scale-aware inference then uses the U-Net's
+    ``voxel_size``, or none)."""
+    path = Path(folder) / MODEL_SCALE
+    if not path.is_file():
+        return {}
+    data = _read_json(path)
+    vs = data.get("voxel_size") if isinstance(data, dict) else None
+    ok = isinstance(vs, list) and len(vs) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in vs)
+    d = data.get("object_diameter_um") if isinstance(data, dict) else None
+    if not ok or (d is not None and not (isinstance(d, (int, float)) and d > 0)):
+        raise ConfigError(f"{path} must hold voxel_size [z, y, x] > 0 (µm) and optionally object_diameter_um > 0, "
+                          f"got {data!r}")
+    return {"voxel_size": tuple(float(v) for v in vs), "object_diameter_um": None if d is None else float(d)}
+
+
+def write_model_scale(folder: str | os.PathLike[str], voxel_size: Any, object_diameter_um: float | None = None,
+                      note: str | None = None) -> Path:
+    """Write ``folder/model_scale.json`` (voxel size in µm the model was trained at; object diameter)."""
+    path = Path(folder) / MODEL_SCALE
+    payload: dict[str, Any] = {"voxel_size": [float(v) for v in voxel_size], "object_diameter_um": object_diameter_um}
+    if note:
+        payload["note"] = note
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    read_model_scale(folder)
+    return path
+
+
+def read_segmentation_defaults(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The recommended :class:`~vollseg_dask.segmentation.SegmentationConfig` settings of a model folder.
+
+    Parameters
+    ----------
+    folder : path
+        Model folder (StarDist's: it defines the objects).
+
+    Returns
+    -------
+    dict
+        ``settings`` of ``folder/segmentation_defaults.json`` (e.g. ``{"mode": "vollseg",
+        "foreground_threshold": 0.1}``); empty when the file is absent.
+
+    Raises
+    ------
+    ConfigError
+        Invalid JSON, no ``settings`` object, or a key that is not a segmentation setting.
+    """
+    path = Path(folder) / SEGMENTATION_DEFAULTS
+    if not path.is_file():
+        return {}
+    data = _read_json(path)
+    settings = data.get("settings") if isinstance(data, dict) else None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path} must hold an object with a 'settings' object, got {data!r}")
+    from vollseg_dask.segmentation.config import SegmentationConfig
+
+    unknown = sorted(set(settings) - set(SegmentationConfig.model_fields))
+    if unknown:
+        raise ConfigError(f"{path}: unknown segmentation setting(s) {unknown}; allowed: "
+                          f"{', '.join(SegmentationConfig.model_fields)}")
+    return dict(settings)
+
+
+def write_segmentation_defaults(folder: str | os.PathLike[str], settings: dict[str, Any], *, source: str,
+                                measured: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/segmentation_defaults.json`` (``settings``, where they come from, figures).
+
+    Parameters
+    ----------
+    folder : path
+        Model folder.
+    settings : dict
+        SegmentationConfig fields (validated).
+    source : str
+        How the settings were chosen (free text, shown to users).
+    measured : dict, optional
+        Figures measured with them (e.g. ``{"f1_iou0.5": 0.909, "data": "..."}``).
+    """
+    from vollseg_dask.segmentation.config import SegmentationConfig
+
+    SegmentationConfig(**settings)  # raises ConfigError / ValidationError on a bad key or value
+    path = Path(folder) / SEGMENTATION_DEFAULTS
+    payload: dict[str, Any] = {"settings": settings, "source": source}
+    if measured:
+        payload["measured"] = measured
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def _read_json(path: Path) -> Any:
@@ -122,6 +237,8 @@ def _guess_kind(cfg: dict[str, Any]) -> str:
         return next(k for k, v in _MODEL_TYPES.items() if v == mt)
     if "n_rays" in cfg:
         return "StarDist3D" if cfg.get("n_dim") == 3 else f"StarDist{cfg.get('n_dim')}D"
+    if "means" in cfg and "stds" in cfg:
+        return "n2v package"
     if "unet_n_depth" in cfg and "probabilistic" in cfg:
         return "csbdeep CARE"
     return "unknown"
@@ -195,9 +312,20 @@ def inspect_model_folder(path: str | os.PathLike[str], kind: ModelKind | str) ->
         aniso = cfg.get("anisotropy")
         return ModelFolderInfo(path=folder, kind=kind, config=cfg, weights=weights, thresholds=thresholds,
                                thresholds_from_file=from_file, n_rays=int(cfg["n_rays"]),
+                               segmentation_defaults=read_segmentation_defaults(folder),
                                grid=tuple(int(g) for g in cfg.get("grid", (1, 1, 1))),
                                anisotropy=None if aniso is None else tuple(float(a) for a in aniso))
 
+    from vollseg_dask.networks import upstream
+
+    if kind == "unet" and upstream.is_care_config(cfg):
+        norm = upstream.check_care_config(folder, cfg)
+        return ModelFolderInfo(path=folder, kind=kind, config=cfg, weights=_pick_weights(folder), norm=norm,
+                               flavour="care")
+    if kind == "n2v" and upstream.is_n2v_package_config(cfg):
+        upstream.check_n2v_package_config(folder, cfg)
+        return ModelFolderInfo(path=folder, kind=kind, config=cfg, weights=_pick_weights(folder), flavour="n2v-package",
+                               fixed_norm=upstream.n2v_package_norm(folder, cfg))
     expected = _MODEL_TYPES[kind]
     if cfg.get("model_type") != expected:
         raise ConfigError(f"{folder} is not a vollseg-dask {kind} model folder: config.json model_type is "
@@ -223,8 +351,9 @@ def load_model_folder(path: str | os.PathLike[str], kind: ModelKind | str) -> An
 
     Returns
     -------
-    stardist.models.StarDist3D or vollseg_dask.networks.unet.UNet or vollseg_dask.networks.n2v.N2V
-        StarDist models carry their ``thresholds`` (from ``thresholds.json``).
+    stardist.models.StarDist3D or vollseg_dask.networks.unet.UNet or vollseg_dask.networks.n2v.N2V or vollseg_dask.networks.upstream.UpstreamNetwork
+        StarDist models carry their ``thresholds`` (from ``thresholds.json``); CARE and ``n2v``
+        package folders give an ``UpstreamNetwork`` (``keras_model``, ``div_by``, ``config``).
 
     Raises
     ------
@@ -232,6 +361,14 @@ def load_model_folder(path: str | os.PathLike[str], kind: ModelKind | str) -> An
         See :func:`inspect_model_folder`; ConfigError also when the weights do not fit the network.
     """
     info = inspect_model_folder(path, kind)
+    if info.flavour == "care":
+        from vollseg_dask.networks.upstream import load_care
+
+        return load_care(info.path, weights=info.weights.name)
+    if info.flavour == "n2v-package":
+        from vollseg_dask.networks.upstream import load_n2v_package
+
+        return load_n2v_package(info.path, info.config, weights=info.weights.name)
     if kind == "unet":
         from vollseg_dask.networks.unet import UNet
 

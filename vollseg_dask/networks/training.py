@@ -518,6 +518,123 @@ def init_weights_path(init_from: str | os.PathLike[str] | None, kind: str) -> Pa
     return weights
 
 
+def _init_folder(init_from: str | os.PathLike[str], kind: str) -> Path:
+    from vollseg_dask.networks.folders import bundled_model_dir
+
+    return bundled_model_dir(kind) if str(init_from) == "bundled" else Path(init_from) / kind
+
+
+def init_requirements(init_from: str | os.PathLike[str], kinds: tuple[str, ...] = ("n2v", "stardist", "unet")
+                      ) -> dict[str, Any]:
+    """TrainingConfig settings (by their snake_case names) that fine-tuning from ``init_from`` needs.
+
+    Parameters
+    ----------
+    init_from : path or ``"bundled"``
+        Folder of model folders (``stardist/``, ``unet/``, ``n2v/``).
+    kinds : tuple of str
+        Networks that will be trained (their folders must exist).
+
+    Returns
+    -------
+    dict
+        ``{key: value}``: architecture keys (``network_depth``, ``start_filter``, ``kernel``, ``rays``,
+        ``grid``, ``anisotropy``, ``star_conv_after_unet``, ``unet_start_filter``,
+        ``n2v_start_filter``) and normalisation percentiles, read from the models' ``config.json``.
+
+    Raises
+    ------
+    ModelNotFoundError
+        A model folder or its ``config.json`` is missing.
+    ConfigError
+        The models disagree on a shared key (``network_depth``, ``kernel``): they cannot be
+        fine-tuned together; train them separately.
+    """
+    from vollseg_dask.errors import ModelNotFoundError
+
+    need: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def put(key: str, value: Any, kind: str) -> None:
+        if key in need and need[key] != value:
+            raise ConfigError(f"init_from={str(init_from)!r}: the {sources[key]} model needs {key}={need[key]!r}, the "
+                              f"{kind} model {key}={value!r}; fine-tune them in separate runs")
+        need[key], sources[key] = value, kind
+
+    for kind in kinds:
+        folder = _init_folder(init_from, kind)
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise ModelNotFoundError(f"fine-tuning needs {cfg_path} (init_from={str(init_from)!r}, {kind} model)")
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if kind == "stardist":
+            put("network_depth", int(cfg["unet_n_depth"]), kind)
+            put("start_filter", int(cfg["unet_n_filter_base"]), kind)
+            put("kernel", int(cfg["unet_kernel_size"][0]), kind)
+            put("rays", int(cfg["n_rays"]), kind)
+            put("grid", [int(g) for g in cfg["grid"]], kind)
+            if cfg.get("anisotropy") is not None:
+                put("anisotropy", [float(a) for a in cfg["anisotropy"]], kind)
+            put("star_conv_after_unet", int(cfg.get("net_conv_after_unet", 0)), kind)
+        else:
+            put("network_depth", int(cfg["unet_n_depth"]), kind)
+            put("kernel", int(cfg["unet_kern_size"]), kind)
+            put(f"{kind}_start_filter", int(cfg["unet_n_first"]), kind)
+            for key in ("norm_pmin", "norm_pmax"):
+                if key in cfg:
+                    put(key, float(cfg[key]), kind)
+    return need
+
+
+def _trained_kinds(config: TrainingConfig) -> tuple[str, ...]:
+    return tuple(k for k, on in (("n2v", config.train_n2v), ("stardist", config.train_star),
+                                 ("unet", config.train_unet)) if on)
+
+
+def _effective(config: TrainingConfig, key: str) -> Any:
+    if key in ("unet_start_filter", "n2v_start_filter"):
+        v = getattr(config, key)
+        return config.start_filter if v is None else v
+    if key == "anisotropy":
+        if config.anisotropy is not None:
+            return [float(a) for a in config.anisotropy]
+        if config.voxel_size is not None:
+            return [float(a) for a in anisotropy_from_voxel_size(config.voxel_size)]
+        return None  # only known from the data: must be set explicitly to match
+    v = getattr(config, key)
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _carry_segmentation_defaults(init_from: str | os.PathLike[str], folder: Path) -> None:
+    """A fine-tuned StarDist keeps the segmentation settings its initial model recommends."""
+    from vollseg_dask.networks.folders import read_segmentation_defaults, write_segmentation_defaults
+
+    settings = read_segmentation_defaults(_init_folder(init_from, "stardist"))
+    if settings:
+        write_segmentation_defaults(folder, settings, source=f"carried over from the initial model "
+                                                             f"(init_from={str(init_from)!r}) by train")
+
+
+def check_init_compatibility(config: TrainingConfig) -> None:
+    """Refuse, before any data is read or network trained, a fine-tuning whose settings do not fit
+    ``init_from``; the message names every key to change and the value the initial models need.
+
+    Raises
+    ------
+    ConfigError
+        ``"init_from='bundled' needs: network_depth: 2 (you have 3), unet_start_filter: 8 (...)"``.
+    """
+    if config.init_from is None:
+        return
+    need = init_requirements(config.init_from, _trained_kinds(config))
+    wrong = {k: (v, _effective(config, k)) for k, v in need.items() if _effective(config, k) != v}
+    if wrong:
+        lines = ", ".join(f"{k}: {v!r} (you have {have!r})" for k, (v, have) in wrong.items())
+        raise ConfigError(f"init_from={config.init_from!r}: the initial models need these training settings: "
+                          f"{lines}. Set them in the training config (or write a matching one with "
+                          f"'vollseg-dask create-config train.yaml --kind train --init-from {config.init_from}').")
+
+
 def load_init_weights(keras_model: Any, weights: str | os.PathLike[str] | None, kind: str) -> None:
     """Load ``weights`` into ``keras_model`` (no-op for None); a mismatching architecture is a ConfigError."""
     if weights is None:
@@ -708,6 +825,7 @@ def train_from_config(config: TrainingConfig, verbose: int = 0) -> TrainingResul
     """
     from vollseg_dask.networks._tf import import_tf, set_seed
 
+    check_init_compatibility(config)  # before any data is read or network trained
     import_tf()
     result = TrainingResult()
     out = config.output_dir
@@ -782,6 +900,11 @@ def train_from_config(config: TrainingConfig, verbose: int = 0) -> TrainingResul
             optimize_on=opt, max_candidates=config.threshold_max_candidates,
             init_weights=init_weights_path(config.init_from, "stardist"), verbose=verbose)
         result.seconds["stardist"] = round(time.perf_counter() - t, 2)
+        from vollseg_dask.networks.folders import write_model_scale
+
+        write_model_scale(out / "stardist", voxel_size, note="voxel size of the training data (train)")
+        if config.init_from is not None:
+            _carry_segmentation_defaults(config.init_from, out / "stardist")
         result.histories["stardist"] = hist
         result.thresholds = th
         result.folders["stardist"] = out / "stardist"

@@ -90,6 +90,7 @@ __all__ = [
     "tile_budget",
     "write_random_model_folders",
     "predictor_from_models",
+    "predictor_from_folders",
 ]
 
 LOG = logging.getLogger(__name__)
@@ -148,6 +149,16 @@ class NetworkTile:
     def shape(self) -> tuple[int, int, int]:
         """Shape of the network input (z, y, x)."""
         return tuple(s.stop - s.start for s in self.tile)  # type: ignore[return-value]
+
+
+def _t3f(v: Any, name: str) -> tuple[float, float, float]:
+    try:
+        t = tuple(float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be three positive numbers (z, y, x), got {v!r}") from None
+    if len(t) != 3 or not all(np.isfinite(x) and x > 0 for x in t):
+        raise ConfigError(f"{name} must be three positive numbers (z, y, x), got {v!r}")
+    return t  # type: ignore[return-value]
 
 
 def _t3(v: Sequence[int] | int, name: str) -> tuple[int, int, int]:
@@ -443,7 +454,7 @@ def load_network(path: str | os.PathLike[str], kind: str) -> LoadedNetwork:
         div = _t3(model._axes_div_by("ZYX"), "div")
         # prob, dist (a multi-class head, if any, is dropped)
         return LoadedNetwork(kind, model, div, grid, _make_forward(model.keras_model, 2), device)
-    div = (int(model.div_by),) * 3
+    div = (int(model.div_by),) * 3  # UNet / N2V / upstream CARE and n2v-package networks alike
     return LoadedNetwork(kind, model, div, (1, 1, 1), _make_forward(model.keras_model, 1), device)
 
 
@@ -456,6 +467,8 @@ class _ModelRef:
     path: str
     digest: str
     norm: tuple[float, float]
+    flavour: str = "vollseg"
+    fixed_norm: tuple[float, float] | None = None
 
     @property
     def cache_key(self) -> str:
@@ -483,10 +496,15 @@ class NetworkPredictor(Predictor):
 
     Parameters
     ----------
-    stardist_dir, unet_dir : path
-        StarDist3D and U-Net model folders.
+    stardist_dir : path
+        StarDist3D model folder (stardist's own format, any rays and grid).
+    unet_dir : path, optional
+        U-Net model folder: this project's, or an upstream csbdeep ``CARE`` folder (its linear output
+        becomes a 0/1 mask at the two-class Otsu threshold of each time point, see
+        ``unet_threshold``). ``None``: no U-Net (``foreground`` is all 0; for ``mode: stardist``).
     n2v_dir : path, optional
-        Noise2Void model folder; when given, the image is denoised first.
+        Noise2Void model folder (this project's or the ``n2v`` package's, normalised with its
+        ``means``/``stds``); when given, the image is denoised first.
     normalization : (float, float), optional
         Percentiles (pmin, pmax) mapped to 0 and 1 for every network. ``None``: each model's own
         (``norm_pmin``/``norm_pmax`` of U-Net/N2V folders; (1, 99.8) for StarDist, the StarDist
@@ -509,9 +527,24 @@ class NetworkPredictor(Predictor):
         Override the StarDist model's ``thresholds.json``.
     return_distance : bool
         Also return the scalar distance map (max over rays, full resolution over the core).
+    scale : "auto" or sequence of 3 float or None
+        Scale-aware inference: each block's read region is resampled to the model's grid (store
+        voxel / model voxel per axis, anchored in global coordinates, see
+        :mod:`vollseg_dask.predictors.rescale`), the networks run there and their outputs are mapped
+        back (maps by linear interpolation, candidate centres rounded, ray lengths scaled).
+        ``"auto"``: from the store's voxel size and the model's (``model_scale.json`` of the StarDist
+        folder, else the U-Net's ``voxel_size``); no rescaling when the model records none. A
+        sequence: that factor. ``None``: off.
+    object_diameter : float, optional
+        Typical object diameter in the data (µm); with ``"auto"`` the scale also brings it to the
+        model's ``object_diameter_um``.
     halo : int or sequence of 3 int, optional
         Force the block halo instead of the measured one. A halo below the measured receptive field
         makes tiled outputs differ from untiled ones (a warning says so); for experiments only.
+    unet_threshold : float, optional
+        CARE U-Nets only: the threshold on the network output (same for every time point) instead
+        of the two-class Otsu threshold, which :meth:`prepare` computes per time point from an exact
+        histogram of the output summed over blocks (one extra U-Net pass over the volume).
 
     Raises
     ------
@@ -523,14 +556,18 @@ class NetworkPredictor(Predictor):
 
     needs_image = True
 
-    def __init__(self, stardist_dir: str | os.PathLike[str], unet_dir: str | os.PathLike[str],
+    def __init__(self, stardist_dir: str | os.PathLike[str], unet_dir: str | os.PathLike[str] | None = None,
                  n2v_dir: str | os.PathLike[str] | None = None, *,
                  normalization: tuple[float, float] | None = None,
                  percentiles_table: Any = None, channel: int = 0, batch_size: int = 4,
                  max_tile_voxels: int | None = None, prob_threshold: float | None = None,
                  nms_threshold: float | None = None, return_distance: bool = True,
-                 halo: int | Sequence[int] | None = None) -> None:
+                 halo: int | Sequence[int] | None = None, unet_threshold: float | None = None,
+                 scale: str | Sequence[float] | None = "auto", object_diameter: float | None = None) -> None:
         from vollseg_dask.networks.folders import inspect_model_folder
+
+        if stardist_dir is None:
+            raise ConfigError("a StarDist3D model folder is needed (stardist_dir)")
 
         if normalization is not None:
             lo, hi = (float(v) for v in normalization)
@@ -558,11 +595,34 @@ class NetworkPredictor(Predictor):
             infos[kind] = info
             norm = normalization or ((1.0, 99.8) if kind == "stardist" else info.norm)
             self._refs[kind] = _ModelRef(kind, str(Path(path).resolve()),
-                                         folder_digest(info.path / "config.json", info.weights), norm)
+                                         folder_digest(info.path / "config.json", info.weights), norm,
+                                         info.flavour, info.fixed_norm)
+        if unet_threshold is not None and not np.isfinite(float(unet_threshold)):
+            raise ConfigError(f"unet_threshold must be a finite number, got {unet_threshold}")
+        self._care_fixed = None if unet_threshold is None else float(unet_threshold)
+        if isinstance(scale, str) and scale != "auto":
+            raise ConfigError(f"scale must be 'auto', None or three positive numbers, got {scale!r}")
+        if scale is not None and not isinstance(scale, str):
+            scale = _t3f(scale, "scale")
+        if object_diameter is not None and not float(object_diameter) > 0:
+            raise ConfigError(f"object_diameter must be > 0 µm, got {object_diameter}")
+        self._scale_spec = scale
+        self._object_diameter = None if object_diameter is None else float(object_diameter)
+        self._scale: tuple[float, float, float] | None = None
+        from vollseg_dask.networks.folders import read_model_scale
+
+        ms = read_model_scale(infos["stardist"].path)
+        voxel = ms.get("voxel_size")
+        if voxel is None and "unet" in infos and infos["unet"].config.get("voxel_size") is not None:
+            voxel = infos["unet"].config["voxel_size"]
+        self._model_voxel = None if voxel is None else _t3f(voxel, "model voxel_size")
+        self._model_diameter = ms.get("object_diameter_um")
+        self._care_thresholds: np.ndarray | None = None
         sd = infos["stardist"]
         self._n_rays = int(sd.n_rays)
         self._rays_json = sd.config["rays_json"]
         self._thresholds = dict(sd.thresholds)
+        self._segmentation_defaults = dict(sd.segmentation_defaults)
         self._prob_override = None if prob_threshold is None else float(prob_threshold)
         self._nms_override = None if nms_threshold is None else float(nms_threshold)
         self._rays_obj = None
@@ -587,34 +647,15 @@ class NetworkPredictor(Predictor):
             Folder of model folders, or ``"bundled"`` for the models shipped with the package
             (:func:`vollseg_dask.networks.folders.bundled_model_dir`; N2V used when shipped).
         **kwargs
-            Passed to :class:`NetworkPredictor` (``use_n2v=False`` skips a present N2V folder).
+            Passed to :class:`NetworkPredictor` (``use_n2v=False`` skips a present N2V folder;
+            ``need_unet=False`` accepts a folder without ``unet/``).
 
         Raises
         ------
         ModelNotFoundError
             ``path`` or its ``stardist``/``unet`` sub-folder is missing.
         """
-        use_n2v = kwargs.pop("use_n2v", True)
-        if str(path) == "bundled":
-            from vollseg_dask.networks.folders import bundled_model_dir
-
-            sd, un = bundled_model_dir("stardist"), bundled_model_dir("unet")
-            try:
-                n2v: Path | None = bundled_model_dir("n2v")
-            except ModelNotFoundError:
-                n2v = None
-        else:
-            root = Path(path)
-            if not root.is_dir():
-                raise ModelNotFoundError(f"models folder not found: {root} (expected sub-folders stardist/, unet/ "
-                                         f"and optionally n2v/)")
-            sd, un, n2v = root / "stardist", root / "unet", root / "n2v"
-            for kind, p in (("stardist", sd), ("unet", un)):
-                if not p.is_dir():
-                    raise ModelNotFoundError(f"models folder {root} has no {kind}/ sub-folder ({p})")
-            if not n2v.is_dir():
-                n2v = None
-        return cls(sd, un, n2v if use_n2v else None, **kwargs)
+        return predictor_from_folders(path, **kwargs)
 
     def set_percentiles(self, table: Any) -> None:
         """Use a table of global per-t percentiles (see ``percentiles_table``)."""
@@ -656,6 +697,21 @@ class NetworkPredictor(Predictor):
         return tuple(k for k in ("n2v", "stardist", "unet") if k in self._refs)
 
     @property
+    def segmentation_defaults(self) -> dict[str, Any]:
+        """Settings the StarDist model folder recommends (``segmentation_defaults.json``; may be empty)."""
+        return dict(self._segmentation_defaults)
+
+    @property
+    def has_unet(self) -> bool:
+        """Whether a U-Net is loaded (modes ``vollseg`` and ``unet`` need one)."""
+        return "unet" in self._refs
+
+    @property
+    def care_thresholds(self) -> np.ndarray | None:
+        """Per-t thresholds of a CARE U-Net's output (after :meth:`prepare`), else None."""
+        return self._care_thresholds
+
+    @property
     def n_rays(self) -> int:
         return self._n_rays
 
@@ -665,7 +721,12 @@ class NetworkPredictor(Predictor):
         if self._rays_obj is None:
             from stardist.rays3d import rays_from_json
 
-            self._rays_obj = rays_from_json(self._rays_json)
+            if self.scaled:
+                from vollseg_dask.predictors.rescale import scaled_rays
+
+                self._rays_obj = scaled_rays(self._rays_json, self._scale)  # type: ignore[arg-type]
+            else:
+                self._rays_obj = rays_from_json(self._rays_json)
         return self._rays_obj
 
     @property
@@ -708,16 +769,32 @@ class NetworkPredictor(Predictor):
     def measured_halo(self) -> tuple[int, int, int]:
         """Halo implied by the measured receptive fields: ``n2v + max(stardist, unet)`` per axis."""
         h = self._stage_halos()
-        post = halo_max(h["stardist"], h["unet"])
+        post = halo_max(h["stardist"], h["unet"]) if "unet" in h else h["stardist"]
         return halo_sum(h["n2v"], post) if "n2v" in h else post
 
     @property
     def halo(self) -> tuple[int, int, int]:
-        return self._halo_override if self._halo_override is not None else self.measured_halo
+        """Store-voxel halo: the override, else the measured one (model-grid halo mapped through the
+        scale, with the interpolation neighbours, when blocks are rescaled)."""
+        if self._halo_override is not None:
+            return self._halo_override
+        if self.scaled:
+            from vollseg_dask.predictors.rescale import store_halo
+
+            return store_halo(self.measured_halo, self._scale)  # type: ignore[arg-type]
+        return self.measured_halo
 
     def prepare(self, store: str, *, n_t: int, volume_shape: tuple[int, int, int]) -> None:
-        """Global per-t percentiles (exact, from :func:`vollseg_dask.stats.global_percentiles`,
-        unless a table was given) and the receptive fields; runs on the client."""
+        """Scale factor, global per-t percentiles (exact, from
+        :func:`vollseg_dask.stats.global_percentiles`, unless a table was given), the receptive fields
+        and (CARE U-Nets) the per-t Otsu thresholds; runs on the client."""
+        from vollseg_dask.io.omezarr import open_image as _open
+
+        self._scale = self.resolve_scale(_open(store, 0).voxel_size)
+        self._rays_obj = None
+        if self.scaled:
+            LOG.info("rescaling blocks to the model grid: scale %s (store voxel / model voxel%s)",
+                     tuple(round(v, 4) for v in self._scale), ", object diameter" if self._object_diameter else "")
         if self._percentiles is None:
             from vollseg_dask.io.omezarr import open_image
             from vollseg_dask.stats import global_percentiles
@@ -732,6 +809,7 @@ class NetworkPredictor(Predictor):
         n_rows = {len(v) for v in self._percentiles.values()}
         if n_rows != {int(n_t)}:
             raise ConfigError(f"percentiles table has {sorted(n_rows)} rows, the image has {n_t} time points")
+        self._prepare_care(store, n_t=int(n_t), volume_shape=volume_shape)
         measured = self.measured_halo
         if self._halo_override is not None and any(
                 o < m for o, m in zip(self._halo_override, measured, strict=True)):
@@ -750,7 +828,11 @@ class NetworkPredictor(Predictor):
         if self._percentiles is None:
             raise ConfigError("NetworkPredictor has no normalisation percentiles: call prepare(store, ...) first "
                               "or pass percentiles_table=")
-        q0, q1 = self._refs[kind].norm
+        ref = self._refs[kind]
+        if ref.fixed_norm is not None:  # n2v package: (x - mean) / std == (x - lo) / (hi - lo)
+            mean, std = ref.fixed_norm
+            return float(mean), float(mean) + float(std)
+        q0, q1 = ref.norm
         lo_col, hi_col = self._percentiles[percentile_column(q0)], self._percentiles[percentile_column(q1)]
         if not 0 <= int(t) < len(lo_col):
             raise ConfigError(f"time point t={t} is outside the percentiles table ({len(lo_col)} rows)")
@@ -853,16 +935,23 @@ class NetworkPredictor(Predictor):
             core, sorted by (z, y, x); ``info`` holds tile and batch (forward pass) counts, seconds per
             network, the device and the voxels read.
         """
-        from vollseg_dask.networks._unet import normalize
-
         if image is None:
             raise ConfigError("NetworkPredictor needs the image (needs_image is True)")
         self.receptive_fields()
         read, core, vol = self._check_block(image, read, core, volume_shape)
         image = np.asarray(image)
+        if self.scaled:
+            return self._predict_scaled(image, t, read, core, vol, prob_threshold)
+        return self._predict_grid(image, t, read, core, vol, prob_threshold)
+
+    def _predict_grid(self, image: np.ndarray, t: int, read: Slices, core: Slices, vol: tuple[int, int, int],
+                      prob_threshold: float, care_mask: bool = True) -> BlockPrediction:
+        """Outputs on the grid the image is given on (the store's, or the model grid when rescaled)."""
+        from vollseg_dask.networks._unet import normalize
+
         info: dict[str, Any] = {"tiles": {}, "batches": {}, "seconds": {}}
         h = self._stage_halos()
-        post = halo_max(h["stardist"], h["unet"])
+        post = halo_max(h["stardist"], h["unet"]) if "unet" in h else h["stardist"]
         if "n2v" in self._refs:
             src_region = _intersect(_grow(core, post, vol), read)
             src = self._denoise(image, t, read, src_region, vol, info)
@@ -923,25 +1012,186 @@ class NetworkPredictor(Predictor):
             dist = np.zeros((0, self.n_rays), np.float32)
 
         # ---- U-Net foreground
-        un = self._network("unet")
-        lo, hi = self._lohi(t, "unet")
-        x = normalize(src, lo, hi)
-        fg = np.empty(tuple(c.stop - c.start for c in core), np.float32)
-        t0 = time.perf_counter()
-        n = 0
-        fwd = _Counted(un.forward)
-        for _tile, dst, outs in run_network_tiles(fwd, x, src_region, core, div=un.div, grid=un.grid,
-                                                  halo=h["unet"], volume_shape=vol,
-                                                  **self._tiling()):
-            fg[dst] = outs[0][..., 0]
-            n += 1
-        info["tiles"]["unet"] = n
-        info["batches"]["unet"] = fwd.calls
-        info["seconds"]["unet"] = round(time.perf_counter() - t0, 4)
+        if "unet" in self._refs:
+            fg = self._unet_output(src, src_region, t, core, vol, info)
+            if care_mask and self._refs["unet"].flavour == "care":
+                fg = (fg > np.float32(self._care_threshold(t))).astype(np.float32)
+        else:
+            fg = np.zeros(tuple(c.stop - c.start for c in core), np.float32)
         info["device"] = sd.device
         info["voxels_read"] = int(np.prod([r.stop - r.start for r in read], dtype=np.int64))
         return BlockPrediction(prob=prob, foreground=fg, points=points, cand_prob=cand_prob, dist=dist,
                                distance=distance, info=info)
+
+    # ------------------------------------------------------------------ scale-aware inference
+    @property
+    def scale(self) -> tuple[float, float, float] | None:
+        """Store voxel / model voxel per axis (after :meth:`prepare`); None: not resolved or no rescaling."""
+        return self._scale
+
+    @property
+    def scaled(self) -> bool:
+        """Whether blocks are resampled to the model's grid."""
+        return self._scale is not None and not all(abs(v - 1.0) < 1e-9 for v in self._scale)
+
+    def resolve_scale(self, store_voxel_size: Sequence[float]) -> tuple[float, float, float] | None:
+        """The scale factor for a store of voxel size (z, y, x) µm (see the ``scale`` parameter)."""
+        spec = self._scale_spec
+        if spec is None:
+            return None
+        if not isinstance(spec, str):
+            return _t3f(spec, "scale")
+        if self._model_voxel is None:
+            LOG.info("the models record no voxel size: no rescaling")
+            return None
+        s = [float(v) / float(m) for v, m in zip(store_voxel_size, self._model_voxel, strict=True)]
+        if self._object_diameter is not None:
+            if self._model_diameter is None:
+                raise ConfigError("object_diameter needs a model that records its object diameter "
+                                  "(model_scale.json of the StarDist folder); give scale= instead")
+            s = [v * self._model_diameter / self._object_diameter for v in s]
+        return tuple(s)  # type: ignore[return-value]
+
+    def _model_shape(self, vol: Sequence[int]) -> tuple[int, int, int]:
+        from vollseg_dask.predictors.rescale import model_length
+
+        assert self._scale is not None
+        return tuple(model_length(int(n), s) for n, s in zip(vol, self._scale, strict=True))  # type: ignore[return-value]
+
+    def _predict_scaled(self, image: np.ndarray, t: int, read: Slices, core: Slices, vol: tuple[int, int, int],
+                        prob_threshold: float, care_mask: bool = True) -> BlockPrediction:
+        """Resample the read region to the model grid, predict there, map the outputs back."""
+        from vollseg_dask.predictors.rescale import model_span_for, ray_length_factors, resample, store_points
+
+        s = self._scale
+        assert s is not None
+        nm = self._model_shape(vol)
+        margin = [int(np.ceil(v / 2)) + 1 for v in s]
+        m_core = tuple(slice(*model_span_for(c.start, c.stop, v, n, m))
+                       for c, v, n, m in zip(core, s, nm, margin, strict=True))
+        m_in = _grow(m_core, self.measured_halo, nm)
+        xm = resample(image, read, vol, m_in, s, "to_model")
+        pm = self._predict_grid(xm, t, m_in, m_core, nm, prob_threshold, care_mask=False)  # type: ignore[arg-type]
+        prob = resample(pm.prob, m_core, nm, core, s, "to_store")
+        fg = resample(pm.foreground, m_core, nm, core, s, "to_store")
+        if care_mask and "unet" in self._refs and self._refs["unet"].flavour == "care":
+            fg = (fg > np.float32(self._care_threshold(t))).astype(np.float32)
+        distance = None
+        if pm.distance is not None:  # max ray length: model voxels -> store voxels by the mean scale
+            distance = resample(pm.distance, m_core, nm, core, s, "to_store") / np.float32(np.exp(np.mean(np.log(s))))
+        q = store_points(pm.points, s, vol)
+        own = np.ones(len(q), bool)
+        for ax, c in enumerate(core):
+            own &= (q[:, ax] >= c.start) & (q[:, ax] < c.stop)
+        q, cand_prob, dist = q[own], pm.cand_prob[own], pm.dist[own]
+        dist = (dist * ray_length_factors(self._rays_json, s)[None, :]).astype(np.float32)
+        order = np.lexsort(q.T[::-1]) if len(q) else np.zeros(0, np.int64)
+        info = dict(pm.info)
+        info["scale"] = [round(float(v), 6) for v in s]
+        info["model_grid_read"] = [[r.start, r.stop] for r in m_in]
+        info["voxels_read"] = int(np.prod([r.stop - r.start for r in read], dtype=np.int64))
+        return BlockPrediction(prob=np.ascontiguousarray(prob, np.float32), foreground=np.ascontiguousarray(fg, np.float32),
+                               points=q[order].astype(np.int64), cand_prob=cand_prob[order].astype(np.float32),
+                               dist=dist[order], distance=distance, info=info)
+
+    def _unet_output(self, src: np.ndarray, src_region: Slices, t: int, core: Slices, vol: tuple[int, int, int],
+                     info: dict[str, Any]) -> np.ndarray:
+        """The U-Net's raw output (first channel, float32) over ``core`` from ``src`` over ``src_region``."""
+        from vollseg_dask.networks._unet import normalize
+
+        un = self._network("unet")
+        lo, hi = self._lohi(t, "unet")
+        x = normalize(src, lo, hi)
+        out = np.empty(tuple(c.stop - c.start for c in core), np.float32)
+        t0 = time.perf_counter()
+        n = 0
+        fwd = _Counted(un.forward)
+        for _tile, dst, outs in run_network_tiles(fwd, x, src_region, core, div=un.div, grid=un.grid,
+                                                  halo=self._rf["unet"].halo, volume_shape=vol,
+                                                  **self._tiling()):
+            out[dst] = outs[0][..., 0]
+            n += 1
+        info["tiles"]["unet"] = n
+        info["batches"]["unet"] = fwd.calls
+        info["seconds"]["unet"] = round(time.perf_counter() - t0, 4)
+        return out
+
+    def _care_threshold(self, t: int) -> float:
+        if self._care_fixed is not None:
+            return self._care_fixed
+        if self._care_thresholds is None:
+            raise ConfigError("the CARE U-Net's Otsu thresholds are not computed: call prepare(store, ...) first "
+                              "or pass unet_threshold=")
+        return float(self._care_thresholds[int(t)])
+
+    def unet_histogram(self, image: np.ndarray, *, t: int, read: tuple[slice, slice, slice],
+                       core: tuple[slice, slice, slice], volume_shape: tuple[int, int, int]) -> np.ndarray:
+        """Exact histogram of the U-Net's raw output over one block's core (after N2V when used).
+
+        Parameters
+        ----------
+        image : numpy.ndarray, shape (z, y, x)
+            The image at ``t`` over ``read`` (must hold the core grown by :attr:`halo`).
+        t : int
+        read, core : tuple of 3 slice
+            Global slices.
+        volume_shape : tuple of 3 int
+
+        Returns
+        -------
+        numpy.ndarray, shape (65536,), int64
+            :func:`vollseg_dask.kernels.otsu.prefix_histogram` of the output; sums over blocks are
+            the whole time point's.
+        """
+        from vollseg_dask.kernels.otsu import prefix_histogram
+
+        if "unet" not in self._refs:
+            raise ConfigError("this NetworkPredictor has no U-Net")
+        self.receptive_fields()
+        read, core, vol = self._check_block(image, read, core, volume_shape)
+        if self.scaled:  # the raw U-Net output mapped back to the store grid (what the mask thresholds)
+            pred = self._predict_scaled(np.asarray(image), t, read, core, vol, 1.0, care_mask=False)
+            return prefix_histogram(pred.foreground)
+        info: dict[str, Any] = {"tiles": {}, "batches": {}, "seconds": {}}
+        if "n2v" in self._refs:
+            region = _intersect(_grow(core, self._rf["unet"].halo, vol), read)
+            src = self._denoise(np.asarray(image), t, read, region, vol, info)
+        else:
+            region, src = read, np.asarray(image)
+        return prefix_histogram(self._unet_output(src, region, t, core, vol, info))
+
+    def _prepare_care(self, store: str, *, n_t: int, volume_shape: Sequence[int]) -> None:
+        """Per-t Otsu thresholds of a CARE U-Net: one pass of the U-Net over the volume, block by
+        block (dask tasks), histograms summed per t; skipped when ``unet_threshold`` is given."""
+        ref = self._refs.get("unet")
+        if ref is None or ref.flavour != "care" or self._care_fixed is not None or self._care_thresholds is not None:
+            return
+        import dask
+
+        from vollseg_dask.io.omezarr import open_image, read_region
+        from vollseg_dask.kernels.otsu import otsu_from_prefix_histogram
+
+        img = open_image(store, 0)
+        vol = _t3(volume_shape, "volume_shape")
+        halo = self.halo
+        step = [min(n, s) for n, s in zip(vol, (64, 256, 256), strict=True)]
+        cores = [tuple(slice(a, min(a + s, n)) for a, s, n in zip((z, y, x), step, vol, strict=True))
+                 for z in range(0, vol[0], step[0]) for y in range(0, vol[1], step[1])
+                 for x in range(0, vol[2], step[2])]
+        axes = img.axes
+        channel = self.channel
+
+        def block_hist(t: int, core: Slices) -> np.ndarray:
+            read = _grow(core, halo, vol)
+            idx = tuple(t if a == "t" else channel if a == "c" else read["zyx".index(a)] for a in axes)
+            image = read_region(img.zarr_array(), idx, what=f"image {store}")
+            return self.unet_histogram(image, t=t, read=read, core=core, volume_shape=vol)
+
+        t0 = time.perf_counter()
+        hists = dask.compute(*[[dask.delayed(block_hist)(t, c) for c in cores] for t in range(n_t)])
+        self._care_thresholds = np.array([otsu_from_prefix_histogram(np.sum(h, axis=0)) for h in hists])
+        LOG.info("CARE U-Net Otsu thresholds per t (%d blocks, %.1f s): %s", len(cores), time.perf_counter() - t0,
+                 np.round(self._care_thresholds, 4).tolist())
 
     # ------------------------------------------------------------------ identity / pickling
     def _tiling(self) -> dict[str, int]:
@@ -956,11 +1206,18 @@ class NetworkPredictor(Predictor):
     def describe(self) -> dict[str, Any]:
         """Identity for the run manifest and resume checks (model digests, halo, normalisation)."""
         d: dict[str, Any] = {"class": type(self).__name__, "n_rays": self.n_rays,
-                             "models": {k: {"path": r.path, "sha256": r.digest[:16], "normalization": list(r.norm)}
+                             "models": {k: {"path": r.path, "sha256": r.digest[:16], "flavour": r.flavour,
+                                            "normalization": (list(r.norm) if r.fixed_norm is None
+                                                              else {"mean_std": list(r.fixed_norm)})}
                                         for k, r in self._refs.items()},
                              "prob_threshold": self.prob_threshold, "nms_threshold": self.nms_threshold,
                              "channel": self.channel, "return_distance": self.return_distance,
                              "upsampling": "repeat", "padding": "reflect past the volume end, grid-aligned tiles"}
+        if "unet" in self._refs and self._refs["unet"].flavour == "care":
+            d["unet_threshold"] = (self._care_fixed if self._care_fixed is not None else
+                                   "otsu per t" if self._care_thresholds is None else
+                                   [round(float(v), 6) for v in self._care_thresholds])
+        d["scale"] = None if not self.scaled else [round(float(v), 9) for v in self._scale]  # type: ignore[union-attr]
         if self._halo_override is not None:
             d["halo"] = list(self._halo_override)
         if self._rf:
@@ -978,6 +1235,63 @@ def predictor_from_models(models: str | os.PathLike[str], **kwargs: Any) -> Netw
     """``NetworkPredictor.from_models_dir(models, **kwargs)``: the factory ``vollseg-dask segment
     --models DIR|bundled`` looks up."""
     return NetworkPredictor.from_models_dir(models, **kwargs)
+
+
+def predictor_from_folders(models: str | os.PathLike[str] | None, *, stardist: str | os.PathLike[str] | None = None,
+                           unet: str | os.PathLike[str] | None = None, n2v: str | os.PathLike[str] | None = None,
+                           need_unet: bool = True, **kwargs: Any) -> NetworkPredictor:
+    """Predictor from a folder of model folders and/or one folder per network.
+
+    Parameters
+    ----------
+    models : path or ``"bundled"`` or None
+        Folder holding ``stardist/``, ``unet/`` (and ``n2v/``), or the bundled models.
+    stardist, unet, n2v : path, optional
+        One network's folder; replaces that network of ``models``. ``n2v`` given here is always used.
+    need_unet : bool
+        Refuse a set without U-Net (modes ``vollseg`` and ``unet`` need one).
+    **kwargs
+        Passed to :class:`NetworkPredictor`.
+
+    Raises
+    ------
+    ModelNotFoundError
+        No StarDist folder, or no U-Net while ``need_unet``.
+    """
+    use_n2v = kwargs.pop("use_n2v", True)
+    sd = un = nv = None
+    if models is not None:
+        if str(models) == "bundled":
+            from vollseg_dask.networks.folders import bundled_model_dir
+
+            sd, un = bundled_model_dir("stardist"), bundled_model_dir("unet")
+            try:
+                nv = bundled_model_dir("n2v")
+            except ModelNotFoundError:
+                nv = None
+        else:
+            root = Path(models)
+            if not root.is_dir():
+                raise ModelNotFoundError(f"models folder not found: {root} (expected sub-folders stardist/, unet/ "
+                                         f"and optionally n2v/)")
+            sd = root / "stardist" if (root / "stardist").is_dir() else None
+            un = root / "unet" if (root / "unet").is_dir() else None
+            nv = root / "n2v" if (root / "n2v").is_dir() else None
+            for kind, p, given in (("stardist", sd, stardist), ("unet", un, unet if need_unet else True)):
+                if p is None and given is None:
+                    raise ModelNotFoundError(f"models folder {root} has no {kind}/ sub-folder ({root / kind})"
+                                             + ("; only mode 'stardist' runs without a U-Net" if kind == "unet" else ""))
+        if not use_n2v:
+            nv = None
+    sd = Path(stardist) if stardist is not None else sd
+    un = Path(unet) if unet is not None else un
+    nv = Path(n2v) if n2v is not None else nv
+    if sd is None:
+        raise ModelNotFoundError("no StarDist3D model folder given")
+    if un is None and need_unet:
+        raise ModelNotFoundError("no U-Net model (give a unet folder, or a models folder holding unet/); only mode "
+                                 "'stardist' runs without a U-Net")
+    return NetworkPredictor(sd, un, nv, **kwargs)
 
 
 # ============================================================================ small random models

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from vollseg_dask.config import StrictModel
 
-__all__ = ["SegmentationConfig"]
+__all__ = ["SegmentationConfig", "apply_model_defaults"]
 
 
 class SegmentationConfig(StrictModel):
@@ -115,3 +115,35 @@ class SegmentationConfig(StrictModel):
         if self.max_size is not None and self.max_size < self.min_size:
             raise ConfigError(f"max_size {self.max_size} is below min_size {self.min_size}")
         return self
+
+
+def apply_model_defaults(config: SegmentationConfig, defaults: dict, given: set[str] | None = None
+                         ) -> tuple[SegmentationConfig, dict]:
+    """Fill the settings a user did not give from a model folder's recommended ones.
+
+    Parameters
+    ----------
+    config : SegmentationConfig
+    defaults : dict
+        The model's ``segmentation_defaults.json`` settings (see
+        :func:`vollseg_dask.networks.folders.read_segmentation_defaults`).
+    given : set of str, optional
+        Settings the user gave (config file keys and command-line options); default
+        ``config.model_fields_set``.
+
+    Returns
+    -------
+    config : SegmentationConfig
+        With every default whose key is not in ``given``.
+    applied : dict
+        The settings taken from the model (to be printed / logged).
+    """
+    from vollseg_dask.config import parse_config
+
+    given = set(config.model_fields_set) if given is None else set(given)
+    applied = {k: v for k, v in defaults.items() if k not in given}
+    if not applied:
+        return config, {}
+    merged = parse_config(SegmentationConfig, {**config.model_dump(), **applied},
+                          source="the model folder's segmentation_defaults.json")
+    return merged, applied
