@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import zarr
 
 from vollseg_dask.errors import AxesError, InvalidDataError
 
