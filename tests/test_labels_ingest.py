@@ -126,3 +126,22 @@ def test_masks_without_channel_axis(tmp_path: Path, rng) -> None:
     lab = open_labels(store, "m")
     assert lab.axes == "czyx"
     np.testing.assert_array_equal(np.asarray(lab.data), np.stack([masks, masks]))
+
+
+def test_as_labels_takes_the_labels_lock(tmp_path):
+    """A second writer of the same labels group is refused while convert --as-labels holds it."""
+    import numpy as np
+
+    from vollseg_dask.errors import LockedError
+    from vollseg_dask.io.labels_ingest import import_labels
+    from vollseg_dask.io.omezarr import write_image
+    from vollseg_dask.locks import hold_lock
+
+    store = tmp_path / "img.zarr"
+    write_image(store, np.zeros((4, 8, 8), np.uint16), axes="zyx", scale=(1.0, 1.0, 1.0))
+    (store / "labels").mkdir(exist_ok=True)
+    with hold_lock(store / "labels" / ".masks.lock", "labels 'masks'"):
+        with pytest.raises(LockedError):
+            import_labels(np.ones((4, 8, 8), np.uint16), store, "masks")
+    import_labels(np.ones((4, 8, 8), np.uint16), store, "masks")
+    assert (store / "labels" / "masks").is_dir()

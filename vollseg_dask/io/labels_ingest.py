@@ -121,39 +121,44 @@ def import_labels(masks: str | os.PathLike[str] | np.ndarray, store: str | os.Pa
         raise ShapeError(f"masks {what} have shape {out_shape} (axes {out_axes!r}); the image in {store} has "
                          f"{want_shape} there: masks must cover the image voxel for voxel")
 
-    dtype = np.dtype("uint8") if info.dtype.kind == "b" else info.dtype
-    target = create_labels(store, name, dtype=dtype, overwrite=overwrite)
-    group = zarr.open_group(str(Path(store) / "labels" / name), mode="r+")
-    group.attrs.update({"vollseg_dask": {"complete": False, "source": str(what)}})
-    unit = tuple(int(u) for u in (target.shards or target.chunks))
-    unit_no_c = tuple(u for a, u in zip(want_axes, unit, strict=True) if not (broadcast_c and a == "c"))
-    block = plan_slab(out_shape, out_axes, unit_no_c, dtype.itemsize, max_slab_bytes)
-    src_block = [0] * len(order)
-    for out_i, src_i in enumerate(order):
-        src_block[src_i] = block[out_i]
-    try:
-        reader = info.reader
-        if isinstance(reader, da.Array):
-            data = reader.rechunk(tuple(src_block))
-        elif isinstance(reader, np.ndarray):
-            data = da.from_array(reader, chunks=tuple(src_block))
-        else:
-            data = da.from_array(reader, chunks=tuple(src_block), lock=False, fancy=False, asarray=True,
-                                 meta=np.empty((0,) * len(src_block), dtype=info.dtype))
-        data = data.transpose(order).map_blocks(_check_nonnegative, dtype=info.dtype).astype(dtype)
-        if broadcast_c:
-            ci = want_axes.index("c")
-            nc = image.shape[ci]
-            chunks = list(data.chunks)
-            chunks.insert(ci, tuple(min(unit[ci], nc - k) for k in range(0, nc, unit[ci])))
-            data = da.broadcast_to(da.expand_dims(data, ci), image.shape, chunks=tuple(chunks))
-        da.store(data, target, lock=False, compute=True)
-    finally:
-        close = getattr(info.reader, "close", None)
-        if callable(close):
-            close()
-    build_pyramid(store, f"labels/{name}", method="nearest")
-    group.attrs.update({"vollseg_dask": {"complete": True, "source": str(what)}})
-    LOG.info("imported %s as labels %r of %s (axes %s, shape %s, dtype %s)", what, name, store, want_axes,
-             image.shape, dtype)
-    return Path(store) / "labels" / name
+    from vollseg_dask.locks import hold_lock
+
+    # one writer per labels group: the same lock as segment and run (names the holder when refused)
+    (Path(store) / "labels").mkdir(exist_ok=True)
+    with hold_lock(Path(store) / "labels" / f".{name}.lock", f"labels {name!r} of {store}"):
+        dtype = np.dtype("uint8") if info.dtype.kind == "b" else info.dtype
+        target = create_labels(store, name, dtype=dtype, overwrite=overwrite)
+        group = zarr.open_group(str(Path(store) / "labels" / name), mode="r+")
+        group.attrs.update({"vollseg_dask": {"complete": False, "source": str(what)}})
+        unit = tuple(int(u) for u in (target.shards or target.chunks))
+        unit_no_c = tuple(u for a, u in zip(want_axes, unit, strict=True) if not (broadcast_c and a == "c"))
+        block = plan_slab(out_shape, out_axes, unit_no_c, dtype.itemsize, max_slab_bytes)
+        src_block = [0] * len(order)
+        for out_i, src_i in enumerate(order):
+            src_block[src_i] = block[out_i]
+        try:
+            reader = info.reader
+            if isinstance(reader, da.Array):
+                data = reader.rechunk(tuple(src_block))
+            elif isinstance(reader, np.ndarray):
+                data = da.from_array(reader, chunks=tuple(src_block))
+            else:
+                data = da.from_array(reader, chunks=tuple(src_block), lock=False, fancy=False, asarray=True,
+                                     meta=np.empty((0,) * len(src_block), dtype=info.dtype))
+            data = data.transpose(order).map_blocks(_check_nonnegative, dtype=info.dtype).astype(dtype)
+            if broadcast_c:
+                ci = want_axes.index("c")
+                nc = image.shape[ci]
+                chunks = list(data.chunks)
+                chunks.insert(ci, tuple(min(unit[ci], nc - k) for k in range(0, nc, unit[ci])))
+                data = da.broadcast_to(da.expand_dims(data, ci), image.shape, chunks=tuple(chunks))
+            da.store(data, target, lock=False, compute=True)
+        finally:
+            close = getattr(info.reader, "close", None)
+            if callable(close):
+                close()
+        build_pyramid(store, f"labels/{name}", method="nearest")
+        group.attrs.update({"vollseg_dask": {"complete": True, "source": str(what)}})
+        LOG.info("imported %s as labels %r of %s (axes %s, shape %s, dtype %s)", what, name, store, want_axes,
+                 image.shape, dtype)
+        return Path(store) / "labels" / name
