@@ -159,7 +159,8 @@ def test_init_from_bundled_starts_from_the_bundled_weights(tmp_path):
     common = dict(store=str(store), PatchZ=8, PatchY=32, PatchX=32, n_patches_per_image=2, n_augmented_copies=0,
                   validation_split=0.5, TrainSTAR=True, TrainUNET=True, NetworkDepth=2, Kernel=3, startfilter=16,
                   unet_start_filter=8, Rays=32, grid=(1, 2, 2), star_conv_after_unet=64, Epochs=1,
-                  steps_per_epoch=1, LearningRate=1e-12, optimize_thresholds=False, model_dir=str(tmp_path / "m"))
+                  steps_per_epoch=1, LearningRate=1e-12, optimize_thresholds=False, model_dir=str(tmp_path / "m"),
+                  anisotropy=(4.0, 1.0, 1.0))
     train_from_config(TrainingConfig(model_name="ft", init_from="bundled", **common))
     for kind in ("stardist", "unet"):
         ref = _weights(bundled_model_dir(kind), kind)
@@ -181,5 +182,6 @@ def test_init_from_errors_name_the_problem(tmp_path):
                          n_augmented_copies=0, validation_split=0.5, TrainSTAR=False, TrainUNET=True,
                          unet_start_filter=4, Epochs=1, steps_per_epoch=1, init_from="bundled",
                          model_dir=str(tmp_path / "m"))
-    with pytest.raises(ConfigError, match="initial unet weights .* do not fit"):
+    # refused before any training, naming the key and the value the initial U-Net needs
+    with pytest.raises(ConfigError, match=r"unet_start_filter: 8 \(you have 4\)"):
         train_from_config(cfg)  # the bundled U-Net has 8 first-level filters, not 4

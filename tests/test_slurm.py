@@ -158,6 +158,9 @@ def test_pipeline_on_slurm_equals_local(slurm, tmp_path: Path, monkeypatch: pyte
     from vollseg_dask.synthetic import SyntheticConfig, write_synthetic
 
     monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
+    # the workers' logs are the evidence below: an earlier quiet CLI call in this process may have
+    # set DASK_LOGGING__DISTRIBUTED=warning for every process it starts
+    monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "info")
     src = tmp_path / "source" / "syn.ome.zarr"
     write_synthetic(src, SyntheticConfig(shape=(3, 16, 48, 48), n_cells=24, seed=5), progress=False,
                     scheduler="synchronous")

@@ -177,12 +177,13 @@ def test_segment_cli_with_upstream_folders(folders, image, tmp_path):
     store = tmp_path / "img.zarr"
     convert(image[None], store, axes="tzyx", chunks=(1, 8, 16, 16))
     args = ["segment", str(store), "--stardist", str(folders["stardist"]), "--unet", str(folders["care"]),
-            "--n2v", str(folders["n2v"]), "--out", "cells", "--block", "8,24,24", "--threads", "--json"]
+            "--n2v", str(folders["n2v"]), "--out", "cells", "--block", "8,24,24", "--threads", "--json",
+            "--scratch", str(tmp_path / "scratch"), "--keep-intermediates"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, (res.output, res.exception)
     lab = open_labels(store, "cells")
     assert lab.shape == (1, *VOL)
-    manifest = json.loads(next((store / ".vollseg" / "cells").glob("manifest.json")).read_text())
+    manifest = json.loads(next((tmp_path / "scratch").rglob("manifest.json")).read_text())
     models = json.dumps(manifest)
     assert "care" in models and "n2v-package" in models and "mean_std" in models
     # StarDist alone: no U-Net needed
