@@ -114,11 +114,12 @@ def test_env_overrides(monkeypatch):
 
 def test_threads_kind_uses_no_distributed(monkeypatch):
     monkeypatch.setenv("VOLLSEG_N_WORKERS", "2")
+    before = dask.config.get("scheduler", None)
     with get_client(ClusterConfig(kind="threads")) as client:
         assert client is None
         assert dask.config.get("scheduler") == "threads" and dask.config.get("num_workers") == 2
         assert da.ones((4, 4), chunks=2).sum().compute() == 16
-    assert dask.config.get("scheduler", None) != "threads"
+    assert dask.config.get("scheduler", None) == before  # restored on exit
 
 
 def test_bad_spec_type():

@@ -120,21 +120,11 @@ class _Runner:
             self._scattered[key] = self.client.submit(_shared, obj, pure=False)
         return self._scattered[key]
 
-    def memory(self) -> tuple[int, int]:
-        """(smallest worker memory limit, smallest headroom a task has under it), bytes."""
-        from vollseg_dask.runtime import memory_headroom, worker_memory_limit
+    def memory_limit(self) -> int:
+        """The smallest memory limit of the workers (or this machine's share), bytes."""
+        from vollseg_dask.runtime import worker_memory_limit
 
-        limit = worker_memory_limit(self.client)
-        if self.client is None:
-            return limit, memory_headroom(limit)
-
-        def rss() -> int:
-            import psutil
-
-            return int(psutil.Process().memory_info().rss)
-
-        held = max(self.client.run(rss).values(), default=0)
-        return limit, memory_headroom(limit, held)
+        return worker_memory_limit(self.client)
 
     def run(self, units: Sequence[tuple[Callable[..., Any], tuple]], desc: str) -> list[Any]:
         from vollseg_dask.runtime import progress
@@ -756,8 +746,12 @@ def _watershed_rounds(runner: _Runner, ctx: T.RunContext, lay: RunLayout, cfg: S
 
     # halo escalation stays within the workers' memory: a block whose doubled read region would not
     # fit keeps its certificate ("disagree") and the warning below names the settings to change
-    limit, headroom = runner.memory()
-    max_read = T.ws_max_read_voxels(headroom)
+    from vollseg_dask.runtime import memory_headroom
+
+    # from the limit alone, never from a worker's momentary RSS: the escalation plan must be the same
+    # in every run (a resumed or fault-recovered run gives byte-identical labels)
+    limit = runner.memory_limit()
+    max_read = T.ws_max_read_voxels(memory_headroom(limit, T.WS_WORKER_BASELINE_BYTES))
 
     def fits(t: int, key: str, level: int) -> bool:
         return math.prod(s.stop - s.start for s in block(t, key, level).read) <= max_read

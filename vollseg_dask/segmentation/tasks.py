@@ -433,6 +433,10 @@ def _seeds_in(ctx: RunContext, t: int, region) -> tuple[np.ndarray, np.ndarray]:
 #: skimage's queue and output) plus ~250 MiB of read buffers and libraries touched on first use.
 WS_BYTES_PER_VOXEL = 64
 WS_FIXED_BYTES = 256 * 2**20
+#: what a worker process is taken to hold already when the escalation limit is planned (imports,
+#: caches; measured 300-340 MiB for a ground-truth worker): a constant, so that the plan does not
+#: depend on a worker's momentary RSS and every run decides the same
+WS_WORKER_BASELINE_BYTES = 512 * 2**20
 
 
 def ws_max_read_voxels(headroom: int) -> int:
