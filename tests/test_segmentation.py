@@ -255,9 +255,10 @@ def test_certificates_and_halo_escalation_are_truthful(small_store):
     assert bad and all(c["n_disagree"] > 0 and c["level"] == 2 for c in bad) and not worse.all_certified
 
 
-def test_halo_escalation_stays_within_the_worker_memory_limit(small_store, monkeypatch, caplog):
-    """A block whose doubled read region would not fit the worker memory budget is not escalated:
-    its certificate stays 'disagree' and a warning names the settings to change."""
+def test_halo_escalation_beyond_the_worker_memory_budget_is_named(small_store, monkeypatch, caplog):
+    """A block whose doubled read region would not fit the worker memory budget is named in a warning
+    with the settings to change; the labels stay those of an unconstrained run (the same bytes on
+    any cluster)."""
     import logging
 
     from vollseg_dask.segmentation import tasks as T
@@ -271,9 +272,6 @@ def test_halo_escalation_stays_within_the_worker_memory_limit(small_store, monke
     monkeypatch.setattr(T, "ws_max_read_voxels", lambda limit: 16 * 32 * 32)
     with caplog.at_level(logging.WARNING, logger="vollseg_dask.segmentation.driver"):
         res = segment(store, "escm", pred, cfg, client=THREADS, show_progress=False)
-    # interior blocks (whose level-1 region is 20 x 40 x 40) stayed at level 0; clipped edge blocks
-    # whose level-1 region still fits may escalate
-    assert sum(c["level"] for c in res.certificates.values()) < sum(c["level"] for c in free.certificates.values())
-    assert max(c["level"] for c in res.certificates.values()) <= 1
-    assert any(c["status"] == "disagree" for c in res.certificates.values())
     assert "memory limit" in caplog.text and "memory_limit" in caplog.text
+    assert res.certificates == free.certificates
+    np.testing.assert_array_equal(_labels(store, "escm"), _labels(store, "escf"))

@@ -744,8 +744,8 @@ def _watershed_rounds(runner: _Runner, ctx: T.RunContext, lay: RunLayout, cfg: S
         cap = tuple(h * 2**level for h in cfg.halo)
         return _ws_block(base.blocks[flat[key]], *reach[t], cap, vol, min_ext)
 
-    # halo escalation stays within the workers' memory: a block whose doubled read region would not
-    # fit keeps its certificate ("disagree") and the warning below names the settings to change
+    # a block whose doubled read region would not fit the workers' memory budget is named in a warning
+    # with the settings to change
     from vollseg_dask.runtime import memory_headroom
 
     # from the limit alone, never from a worker's momentary RSS: the escalation plan must be the same
@@ -780,11 +780,12 @@ def _watershed_rounds(runner: _Runner, ctx: T.RunContext, lay: RunLayout, cfg: S
         disagree = dict(zip(check_keys, counts, strict=True))
         escalate = [k for k, n in disagree.items() if n > 0 and levels[k] < cfg.max_escalations]
         over = [k for k in escalate if not fits(int(k.split(".", 1)[0]), k.split(".", 1)[1], levels[k] + 1)]
+        # warned, not withheld: withholding would make the labels depend on the cluster's memory limit
+        # (a threads run and a LocalCluster run must give the same bytes)
         for k in over:
-            LOG.warning("block %s: its watershed halo cannot double within the worker memory limit (%.2f GiB, "
-                        "%d voxels per read region at most); raise the cluster's memory_limit or lower "
+            LOG.warning("block %s: its doubled watershed halo exceeds the worker memory limit's budget (%.2f GiB, "
+                        "%d voxels per read region); raise the cluster's memory_limit or lower "
                         "block_shape/halo", k, limit / 2**30, max_read)
-        escalate = [k for k in escalate if k not in over]
         if not escalate:
             break
         for k in escalate:
